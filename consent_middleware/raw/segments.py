@@ -1,0 +1,101 @@
+"""Immutable segment files of raw events, each finished by an atomic rename."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from consent_middleware.raw.layout import SEGMENT_SUFFIX, TEMP_SUFFIX, RawLayout
+from consent_middleware.raw.schema import RAW_EVENT_SCHEMA
+
+_sequence = itertools.count()
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+
+
+def events_to_table(events: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Build an Arrow table in the raw-event schema from event mappings.
+
+    Missing optional fields become null; unknown keys are ignored (they never reach RAW).
+    """
+    columns = {name: [event.get(name) for event in events] for name in RAW_EVENT_SCHEMA.names}
+    return pa.Table.from_pydict(columns, schema=RAW_EVENT_SCHEMA)
+
+
+def _segment_name(prefix: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in prefix)[:40] or "seg"
+    return f"{safe}-{_HOST}-{os.getpid()}-{time.time_ns()}-{next(_sequence)}{SEGMENT_SUFFIX}"
+
+
+def write_atomic(table: pa.Table, final: Path) -> Path:
+    """Write ``table`` as Parquet to ``final`` via a temporary file and ``os.replace``.
+
+    The temporary file lives in the same folder and ends in ``.tmp`` so readers never
+    see it; it is removed if writing fails. The data is fsynced before the rename.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + TEMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def write_segment(
+    raw_dir: str | Path,
+    events: pa.Table | Sequence[Mapping[str, Any]],
+    *,
+    prefix: str = "events",
+) -> list[Path]:
+    """Write raw events as new immutable segments, one per UTC date they fall on.
+
+    ``events`` is an Arrow table in :data:`RAW_EVENT_SCHEMA` or a sequence of mappings
+    with those fields. Returns the paths of the finished segment files.
+    """
+    table = events if isinstance(events, pa.Table) else events_to_table(events)
+    table = table.select(RAW_EVENT_SCHEMA.names).cast(RAW_EVENT_SCHEMA)
+    if table.num_rows == 0:
+        return []
+    layout = RawLayout.at(raw_dir)
+    days = pc.cast(table["ts"], pa.date32())
+    written: list[Path] = []
+    for day in pc.unique(days).to_pylist():
+        assert isinstance(day, date)
+        part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+        written.append(write_atomic(part, layout.events_for(day) / _segment_name(prefix)))
+    return written
+
+
+def list_segments(raw_dir: str | Path) -> list[Path]:
+    """Every finished segment under ``events/``, oldest partition first."""
+    events = RawLayout.at(raw_dir).events
+    if not events.is_dir():
+        return []
+    return sorted(events.glob(f"date=*/*{SEGMENT_SUFFIX}"))
+
+
+def stale_temporaries(raw_dir: str | Path, older_than_s: float = 3600.0) -> Iterable[Path]:
+    """Temporary files left by a crashed writer, older than ``older_than_s`` seconds."""
+    root = Path(raw_dir)
+    cutoff = time.time() - older_than_s
+    for tmp in root.rglob(f"*{TEMP_SUFFIX}"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                yield tmp
+        except FileNotFoundError:
+            continue
