@@ -8,7 +8,6 @@ deletes it: from then on no one, the operator included, can recompute that day's
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -26,7 +25,8 @@ DEFAULT_GRACE = timedelta(hours=2)
 def visitor_hash(salt: bytes, ip: str, user_agent: str, host: str) -> str:
     """Keyed hash of (IP, user agent, host) under a day's salt, 32 hex characters."""
     message = "\x1f".join((ip, user_agent, host.lower())).encode("utf-8", "surrogateescape")
-    return hmac.new(salt, message, hashlib.sha256).hexdigest()[:32]
+    # hmac.digest is the one-shot C path: same value as hmac.new(...).hexdigest(), faster.
+    return hmac.digest(salt, message, "sha256").hex()[:32]
 
 
 class SaltStore:

@@ -36,17 +36,18 @@ def _segment_name(prefix: str) -> str:
     return f"{safe}-{_HOST}-{os.getpid()}-{time.time_ns()}-{next(_sequence)}{SEGMENT_SUFFIX}"
 
 
-def write_atomic(table: pa.Table, final: Path) -> Path:
+def write_atomic(table: pa.Table, final: Path, *, compression: str = "zstd") -> Path:
     """Write ``table`` as Parquet to ``final`` via a temporary file and ``os.replace``.
 
     The temporary file lives in the same folder and ends in ``.tmp`` so readers never
     see it; it is removed if writing fails. The data is fsynced before the rename.
+    ``compression`` is a Parquet codec name (``"zstd"``, ``"snappy"``, ``"none"``).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + TEMP_SUFFIX)
     try:
         with open(tmp, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
+            pq.write_table(table, handle, compression=compression)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
@@ -61,11 +62,13 @@ def write_segment(
     events: pa.Table | Sequence[Mapping[str, Any]],
     *,
     prefix: str = "events",
+    compression: str = "zstd",
 ) -> list[Path]:
     """Write raw events as new immutable segments, one per UTC date they fall on.
 
     ``events`` is an Arrow table in :data:`RAW_EVENT_SCHEMA` or a sequence of mappings
-    with those fields. Returns the paths of the finished segment files.
+    with those fields. Returns the paths of the finished segment files. ``compression``
+    is the Parquet codec (see :func:`write_atomic`).
     """
     table = events if isinstance(events, pa.Table) else events_to_table(events)
     table = table.select(RAW_EVENT_SCHEMA.names).cast(RAW_EVENT_SCHEMA)
@@ -77,7 +80,8 @@ def write_segment(
     for day in pc.unique(days).to_pylist():
         assert isinstance(day, date)
         part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
-        written.append(write_atomic(part, layout.events_for(day) / _segment_name(prefix)))
+        final = layout.events_for(day) / _segment_name(prefix)
+        written.append(write_atomic(part, final, compression=compression))
     return written
 
 

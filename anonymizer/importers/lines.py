@@ -1,0 +1,154 @@
+"""Reading log files in chunks of lines: gzip by magic bytes, bounded line length."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from anonymizer.importers.report import ImportLogError
+
+MAX_LINE_BYTES: Final = 16 * 1024
+"""Lines longer than this are rejected: no access log line is that long honestly."""
+
+CHUNK_BYTES: Final = 1 << 21
+"""Bytes read at a time; the lines of one read are parsed together."""
+
+GZIP_MAGIC: Final = b"\x1f\x8b"
+
+
+class CorruptStream(Exception):
+    """The compressed data of a log ends early or is damaged; lines before it were read."""
+
+
+class _Broken(Exception):
+    def __init__(self, data: bytes) -> None:
+        super().__init__("corrupt compressed data")
+        self.data = data
+
+
+def _read_block(stream: io.BufferedIOBase, size: int) -> bytes:
+    """Up to ``size`` bytes; on corrupt compressed data, raise with what was read before it."""
+    buffer = bytearray()
+    try:
+        while len(buffer) < size:
+            piece = stream.read1(size - len(buffer))
+            if not piece:
+                break
+            buffer += piece
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise _Broken(bytes(buffer)) from exc
+    return bytes(buffer)
+
+
+def check_readable(path: Path) -> None:
+    """Raise :class:`ImportLogError` with advice if ``path`` cannot be imported."""
+    if not path.exists():
+        raise ImportLogError(
+            f"log file {str(path)!r} does not exist: check the path and the working directory",
+            path=path,
+        )
+    if path.is_dir():
+        raise ImportLogError(
+            f"{str(path)!r} is a directory: pass the log files themselves (e.g. {path}/*.log)",
+            path=path,
+        )
+    if not os.access(path, os.R_OK):
+        raise ImportLogError(
+            f"log file {str(path)!r} is not readable: run as a user who may read it, "
+            "or copy it somewhere readable",
+            path=path,
+        )
+
+
+@contextmanager
+def open_log(path: Path) -> Iterator[tuple[io.BufferedIOBase, Callable[[], int]]]:
+    """Open ``path`` for binary reading, decompressing gzip whatever the file is called.
+
+    Yields the stream and a function giving how many bytes of the file on disk have been
+    consumed (for progress on compressed files); both files are closed on exit.
+    """
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 (closed below, with the gzip layer)
+    except OSError as exc:
+        raise ImportLogError(
+            f"cannot open log file {str(path)!r}: {exc.strerror or exc}; check permissions",
+            path=path,
+        ) from exc
+    with raw:
+        if raw.read(2) == GZIP_MAGIC:
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
+                yield unpacked, raw.tell
+        else:
+            raw.seek(0)
+            yield raw, raw.tell
+
+
+def read_blocks(
+    stream: io.BufferedIOBase, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[bytes | None]:
+    """The lines of ``stream`` as blocks of whole lines joined by ``\\n`` (no final newline).
+
+    A line longer than :data:`MAX_LINE_BYTES` that spans reads is skipped without being held
+    in memory and comes out as a None block; shorter over-long lines stay in their block and
+    are rejected by length later. Damaged compressed data raises :class:`CorruptStream`
+    after the blocks before it. A block holds ``block.count(b"\\n") + 1`` lines.
+    """
+    pending = b""
+    skipping = False  # inside an over-long line: drop bytes up to the next newline
+    broken: _Broken | None = None
+    while broken is None:
+        try:
+            chunk = _read_block(stream, chunk_bytes)
+        except _Broken as exc:
+            broken, chunk = exc, exc.data
+        if not chunk:
+            break
+        if skipping:
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                continue
+            chunk = chunk[newline + 1 :]
+            skipping = False
+            yield None
+        data = pending + chunk if pending else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            pending = data
+        else:
+            pending = data[cut + 1 :]
+            yield data[:cut]
+        if len(pending) > MAX_LINE_BYTES + 1:
+            pending = b""
+            skipping = True
+    if broken is not None:
+        raise CorruptStream(str(broken.__cause__)) from broken.__cause__
+    if skipping:
+        yield None
+    elif pending:
+        yield pending
+
+
+def block_lines(block: bytes | None) -> pa.Array:
+    """The lines of a block as a string array (None block: one null, over-long line).
+
+    Bytes that are not UTF-8 become U+FFFD. ``\\n`` never occurs inside a UTF-8 sequence
+    and the replacement never makes one, so the line count is exact either way.
+    """
+    if block is None:
+        return pa.nulls(1, pa.string())
+    try:
+        text = pa.array([block], pa.binary()).cast(pa.string())
+    except pa.ArrowInvalid:  # not UTF-8: decode in Python, marking the bad bytes
+        text = pa.array([block.decode("utf-8", errors="replace")], pa.string())
+    lines: pa.Array = pc.split_pattern(text, "\n").flatten()
+    return lines

@@ -1,0 +1,514 @@
+"""``anonymizer run``: RAW in, STATS out, incrementally and idempotently.
+
+Steps, in order (design section 7; each engine step is in :mod:`anonymizer.engines.duckdb`):
+
+1. erase: events of tombstoned anonymous ids never reach a statistic;
+2. consent filter: ``retention_weekly`` only from events with ``statistics`` granted;
+3. generalise: local date and hour, user agent and referrer categories, bots out;
+4. sessionise: 30 minutes of inactivity end a visit;
+5. bound contributions; 6. aggregate the ten tables; 7. k-threshold and ``(other)`` folding;
+8. publish: one Parquet file per partition, manifest, public notice.
+
+Incrementality: the state (which segment files were processed, which days are published
+and which are final) lives in ``RAW/pipeline/state-<key>.json``, one per STATS folder; it
+names RAW files, so it never goes into STATS. A run recomputes every non-final local day
+touched by a new segment from *all* of that day's segments (distinct counts cannot be
+merged). A day becomes final ``final_after_days`` after its end and is never published
+again; late data for it is counted and reported as skipped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from anonymizer.engines.duckdb import DuckDBEngine
+from anonymizer.notice import DEFAULT_CONTACT, LANGUAGES, Contact, notice_filename, render_notice
+from anonymizer.privacy import DEFAULT_K, DEFAULT_MAX_PAGEVIEWS
+from anonymizer.store import (
+    MANIFEST,
+    partition_keys,
+    publish_partition,
+    summarize,
+    write_manifest,
+    write_text_atomic,
+)
+from anonymizer.tables import TABLES, TableDef
+from anonymizer.tables.retention_weekly import MAX_WEEK_OFFSET
+from consent_middleware.raw.layout import RawLayout
+from consent_middleware.raw.segments import list_segments
+
+PIPELINE_VERSION = "1"
+"""Bumped when a change alters published figures for the same input."""
+
+STATE_VERSION = 1
+DECISION_ACTIONS = frozenset({"grant", "change", "withdraw", "gpc", "renewal"})
+"""Ledger actions that are consent decisions (an ``erase`` is not)."""
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(step, done, total)``, called as days are processed."""
+
+
+class PipelineError(ValueError):
+    """Invalid options or a RAW/STATS pair that cannot be run; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Options of one run (the ``anonymizer run`` flags)."""
+
+    k: int = DEFAULT_K
+    timezone: str = "UTC"
+    site_hosts: tuple[str, ...] = ()
+    final_after_days: int = 2
+    max_pageviews: int = DEFAULT_MAX_PAGEVIEWS
+    memory_limit: str = "1GB"
+    threads: int | None = None
+    batch_events: int = 1_000_000
+    """Local days are processed in batches of about this many events (bounds memory)."""
+    contact: Contact = DEFAULT_CONTACT
+    now: datetime | None = None
+    """The run's clock (tests set it to exercise finality); defaults to the current time."""
+
+
+@dataclass(slots=True)
+class RunReport:
+    """What a run did; printed by ``anonymizer run``."""
+
+    new_segments: int = 0
+    input_rows: int = 0
+    days_published: list[date] = field(default_factory=list)
+    days_made_final: list[date] = field(default_factory=list)
+    late_days_skipped: list[date] = field(default_factory=list)
+    late_events_skipped: int = 0
+    consent_decisions: int = 0
+    retention_events: int = 0
+    partitions: dict[str, int] = field(default_factory=dict)
+    """Counts of partition outcomes: written, unchanged, removed."""
+
+    @property
+    def changed(self) -> bool:
+        """True when any file in STATS was written or removed."""
+        return bool(self.partitions.get("written") or self.partitions.get("removed"))
+
+
+def validate(raw_dir: Path, stats_dir: Path, options: RunOptions) -> None:
+    """Reject unusable options up front with one actionable line."""
+    if options.k < 2:
+        raise PipelineError(f"--k must be at least 2 (got {options.k}): k=1 publishes anyone")
+    try:
+        ZoneInfo(options.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise PipelineError(
+            f"unknown time zone {options.timezone!r}: use an IANA name such as Asia/Tokyo or UTC"
+        ) from exc
+    if options.final_after_days < 0:
+        raise PipelineError("--final-after-days must be 0 or more")
+    if options.max_pageviews < 1:
+        raise PipelineError("--max-pageviews-per-visitor must be at least 1")
+    if not raw_dir.is_dir():
+        raise PipelineError(f"RAW folder {raw_dir} does not exist: check --raw")
+    raw, stats = raw_dir.resolve(), stats_dir.resolve()
+    if stats == raw or stats.is_relative_to(raw) or raw.is_relative_to(stats):
+        raise PipelineError(
+            f"--stats {stats_dir} and --raw {raw_dir} overlap: STATS must be a separate folder "
+            "(it is shared; RAW is not)"
+        )
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _state_path(raw_dir: Path, stats_dir: Path) -> Path:
+    # One state per STATS folder fed from this RAW: a second STATS starts from scratch.
+    key = hashlib.sha256(str(stats_dir.resolve()).encode()).hexdigest()[:16]
+    return raw_dir / "pipeline" / f"state-{key}.json"
+
+
+def load_state(raw_dir: Path, stats_dir: Path) -> dict[str, Any]:
+    """The pipeline state of ``stats_dir`` kept in RAW (empty before the first run, or when
+    STATS was emptied since: then everything is published again)."""
+    path = _state_path(raw_dir, stats_dir)
+    if not path.is_file() or not (stats_dir / MANIFEST).is_file():
+        return {}
+    loaded = json.loads(path.read_text(encoding="utf-8"))
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _save_state(raw_dir: Path, stats_dir: Path, state: Mapping[str, Any]) -> None:
+    text = json.dumps(state, indent=1, sort_keys=True) + "\n"
+    write_text_atomic(_state_path(raw_dir, stats_dir), text)
+
+
+def _check_state(state: Mapping[str, Any], options: RunOptions, stats_dir: Path) -> None:
+    for key, flag, value in (("timezone", "--timezone", options.timezone), ("k", "--k", options.k)):
+        if key in state and state[key] != value:
+            raise PipelineError(
+                f"STATS {stats_dir} was published with {flag} {state[key]}; "
+                f"rerun with {flag} {state[key]} or publish into a new --stats folder"
+            )
+
+
+def _file_stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def load_tombstones(raw_dir: Path) -> set[str]:
+    """``aid_sha256`` of every erasure tombstone; unreadable files are skipped."""
+    hashes: set[str] = set()
+    folder = RawLayout.at(raw_dir).tombstones
+    if not folder.is_dir():
+        return hashes
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        digest = record.get("aid_sha256") if isinstance(record, dict) else None
+        if isinstance(digest, str) and len(digest) == 64:
+            hashes.add(digest.lower())
+    return hashes
+
+
+def _partition_date(segment: Path) -> date | None:
+    name = segment.parent.name
+    try:
+        return date.fromisoformat(name.removeprefix("date="))
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """One run's working set; :func:`run` is the public entry point."""
+
+    def __init__(self, raw_dir: Path, stats_dir: Path, options: RunOptions) -> None:
+        self.raw_dir = raw_dir
+        self.stats_dir = stats_dir
+        self.options = options
+        self.now = options.now or datetime.now(UTC)
+        self.generated_at = self.now.astimezone(UTC).replace(microsecond=0).isoformat()
+        self.zone = ZoneInfo(options.timezone)
+        self.report = RunReport()
+        self.published: set[date] = set()
+        """Days published and not yet final (from the state, plus this run's)."""
+
+    def is_final(self, day: date) -> bool:
+        """A day is final ``final_after_days`` after its local end."""
+        end = datetime.combine(day + timedelta(days=1), time(), self.zone)
+        return self.now >= end + timedelta(days=self.options.final_after_days)
+
+    def metadata(self, input_rows: int, policy_versions: Iterable[str]) -> dict[str, str]:
+        """The ``anon.*`` Parquet schema metadata of one partition."""
+        return {
+            "anon.k": str(self.options.k),
+            "anon.timezone": self.options.timezone,
+            "anon.policy_versions": json.dumps(sorted(set(policy_versions))),
+            "anon.pipeline_version": PIPELINE_VERSION,
+            "anon.generated_at": self.generated_at,
+            "anon.input_rows": str(input_rows),
+            "anon.epsilon": "null",
+            "anon.max_pageviews_per_visitor": str(self.options.max_pageviews),
+        }
+
+    def publish(self, table: TableDef, key: date, rows: pa.Table, meta: dict[str, str]) -> None:
+        """Publish one partition and count its outcome."""
+        part = rows.filter(pc.equal(rows[table.partition], pa.scalar(key, pa.date32())))
+        outcome = publish_partition(self.stats_dir, table, key, part, meta)
+        self.report.partitions[outcome] = self.report.partitions.get(outcome, 0) + 1
+
+
+def run(
+    raw_dir: str | Path,
+    stats_dir: str | Path,
+    options: RunOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> RunReport:
+    """Run the pipeline from ``raw_dir`` into ``stats_dir``; see the module docstring."""
+    opts = options or RunOptions()
+    raw, stats = Path(raw_dir), Path(stats_dir)
+    validate(raw, stats, opts)
+    with _exclusive(raw):
+        return _locked_run(raw, stats, opts, progress)
+
+
+@contextmanager
+def _exclusive(raw_dir: Path) -> Iterator[None]:
+    """One run at a time per RAW store (released by the OS if the process dies)."""
+    lock_path = raw_dir / "pipeline" / "run.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise PipelineError(
+                f"another `anonymizer run` is using {raw_dir}: wait for it to finish"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _locked_run(
+    raw: Path, stats: Path, opts: RunOptions, progress: ProgressCallback | None
+) -> RunReport:
+    state = load_state(raw, stats)
+    _check_state(state, opts, stats)
+    stats.mkdir(parents=True, exist_ok=True)
+    work = _Run(raw, stats, opts)
+    engine = DuckDBEngine(
+        timezone=opts.timezone,
+        site_hosts=opts.site_hosts,
+        memory_limit=opts.memory_limit,
+        threads=opts.threads,
+        temp_directory=raw / "pipeline" / "spill",
+    )
+    try:
+        new_state = _run_steps(work, engine, state, progress)
+    finally:
+        engine.close()
+    _publish_manifest_and_notice(work, new_state)
+    _save_state(raw, stats, new_state)
+    return work.report
+
+
+def _run_steps(
+    work: _Run, engine: DuckDBEngine, state: Mapping[str, Any], progress: ProgressCallback | None
+) -> dict[str, Any]:
+    raw, report = work.raw_dir, work.report
+    seen: dict[str, list[int]] = dict(state.get("segments", {}))
+    final_days = {date.fromisoformat(d) for d in state.get("final_days", [])}
+    published = work.published
+    published |= {date.fromisoformat(d) for d in state.get("published_days", [])}
+
+    segments = list_segments(raw)
+    stamps = {str(p.relative_to(raw)): _file_stamp(p) for p in segments}
+    new = [
+        p for p in segments if seen.get(str(p.relative_to(raw))) != stamps[str(p.relative_to(raw))]
+    ]
+    report.new_segments = len(new)
+
+    erased = load_tombstones(raw)
+    erased_digest = hashlib.sha256("\n".join(sorted(erased)).encode()).hexdigest()
+    engine.register_erased(erased)
+
+    new_days = engine.local_days(new)
+    for day, count in sorted(new_days.items()):
+        if day in final_days:
+            report.late_days_skipped.append(day)
+            report.late_events_skipped += count
+    todo = {d for d in new_days if d not in final_days}
+    if erased_digest != state.get("tombstones"):
+        todo |= published - final_days  # an erasure reaches every day not yet final
+
+    # Daily tables from events, one local day at a time: flat memory, linear time.
+    by_partition: dict[date, list[Path]] = {}
+    for seg in segments:
+        key = _partition_date(seg)
+        if key is not None:
+            by_partition.setdefault(key, []).append(seg)
+    batches = _batches(sorted(todo), by_partition, engine, work.options.batch_events, new_days)
+    for index, days in enumerate(batches):
+        if progress:
+            progress(f"days {days[0].isoformat()}..{days[-1].isoformat()}", index, len(batches))
+        _publish_days(work, engine, days, by_partition)
+    if progress and batches:
+        progress("days", len(batches), len(batches))
+
+    ledger_state = _consent_step(work, engine, state, final_days, published)
+    retention_state = _retention_step(
+        work, engine, state, segments, bool(new) or erased_digest != state.get("tombstones")
+    )
+
+    for day in sorted(published - final_days):
+        if work.is_final(day):
+            final_days.add(day)
+            report.days_made_final.append(day)
+    return {
+        "version": STATE_VERSION,
+        "timezone": work.options.timezone,
+        "k": work.options.k,
+        "segments": stamps,
+        "tombstones": erased_digest,
+        "ledger": ledger_state,
+        "final_cohorts": retention_state,
+        "published_days": sorted(d.isoformat() for d in published - final_days),
+        "final_days": sorted(d.isoformat() for d in final_days),
+        "runs": state.get("runs", []),
+    }
+
+
+def _covering(days: list[date], by_partition: Mapping[date, list[Path]]) -> list[Path]:
+    """Segments of every UTC partition a local day of ``days`` can overlap (+-1 day)."""
+    keys = sorted({d + timedelta(days=o) for d in days for o in (-1, 0, 1)})
+    return [f for key in keys for f in by_partition.get(key, [])]
+
+
+def _batches(
+    days: list[date],
+    by_partition: Mapping[date, list[Path]],
+    engine: DuckDBEngine,
+    batch_events: int,
+    new_counts: Mapping[date, int],
+) -> list[list[date]]:
+    """Consecutive days grouped so that each batch holds about ``batch_events`` events:
+    fewer, larger queries, with memory still bounded by the batch size."""
+    if not days:
+        return []
+    counts = dict(new_counts)
+    if sum(counts.get(d, 0) for d in days) > batch_events:
+        counts = engine.local_days(_covering(days, by_partition))  # old segments count too
+    batches: list[list[date]] = [[]]
+    size = 0
+    for day in days:
+        n = counts.get(day, 0)
+        if batches[-1] and size + n > batch_events:
+            batches.append([])
+            size = 0
+        batches[-1].append(day)
+        size += n
+    return batches
+
+
+def _publish_days(
+    work: _Run, engine: DuckDBEngine, days: list[date], by_partition: Mapping[date, list[Path]]
+) -> None:
+    """Steps 1-8 of the daily event tables for one batch of local days."""
+    files = _covering(days, by_partition)
+    batch = engine.load_days(files, days) if files else None
+    per_day = batch.rows_per_day if batch else {}
+    versions = batch.policy_versions if batch else ()
+    work.report.input_rows += sum(per_day.values())
+    results = {
+        table.name: engine.run_table(
+            table, k=work.options.k, max_pageviews=work.options.max_pageviews
+        )
+        if batch
+        else table.schema.empty_table()
+        for table in TABLES.values()
+        if table.partition == "date" and table.name != "consent_daily"
+    }
+    for day in days:
+        meta = work.metadata(per_day.get(day, 0), versions)
+        for name, rows in results.items():
+            work.publish(TABLES[name], day, rows, meta)
+        work.report.days_published.append(day)
+        work.published.add(day)
+
+
+def _consent_step(
+    work: _Run,
+    engine: DuckDBEngine,
+    state: Mapping[str, Any],
+    final_days: set[date],
+    published: set[date],
+) -> dict[str, list[int]]:
+    """consent_daily: recompute the non-final days named by new or grown ledger files."""
+    folder = RawLayout.at(work.raw_dir).ledger
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    seen: dict[str, list[int]] = dict(state.get("ledger", {}))
+    stamps = {str(p.relative_to(work.raw_dir)): _file_stamp(p) for p in files}
+    changed = [
+        p
+        for p in files
+        if seen.get(str(p.relative_to(work.raw_dir))) != stamps[str(p.relative_to(work.raw_dir))]
+    ]
+    if not changed:
+        return stamps
+    engine.load_ledger(files, DECISION_ACTIONS)
+    touched = engine.consent_days(changed)
+    days = {d for d in touched if d not in final_days}
+    per_day = engine.select_consent(days)
+    work.report.consent_decisions = sum(per_day.values())
+    table = TABLES["consent_daily"]
+    result = engine.run_table(table, k=work.options.k, max_pageviews=work.options.max_pageviews)
+    for day in sorted(days):
+        work.publish(table, day, result, work.metadata(per_day.get(day, 0), ()))
+        published.add(day)
+    return stamps
+
+
+def _retention_step(
+    work: _Run, engine: DuckDBEngine, state: Mapping[str, Any], segments: list[Path], dirty: bool
+) -> list[str]:
+    """retention_weekly: recomputed from every consented event when anything changed;
+    only cohorts not yet final are (re)published."""
+    final_cohorts = set(state.get("final_cohorts", []))
+    if not dirty:
+        return sorted(final_cohorts)
+    table = TABLES["retention_weekly"]
+    work.report.retention_events = engine.load_retention(segments)
+    result = engine.run_table(table, k=work.options.k, max_pageviews=work.options.max_pageviews)
+    cohorts = {c for c in result[table.partition].to_pylist() if c is not None}
+    cohorts |= set(partition_keys(work.stats_dir, table))
+    for cohort in sorted(cohorts):
+        if cohort.isoformat() in final_cohorts:
+            continue
+        work.publish(table, cohort, result, work.metadata(work.report.retention_events, ()))
+        last_day = cohort + timedelta(days=7 * (MAX_WEEK_OFFSET + 1) - 1)
+        if work.is_final(last_day):
+            final_cohorts.add(cohort.isoformat())
+    return sorted(final_cohorts)
+
+
+def _publish_manifest_and_notice(work: _Run, state: dict[str, Any]) -> None:
+    opts, report = work.options, work.report
+    runs: list[dict[str, Any]] = list(state.get("runs", []))
+    if report.new_segments or report.changed or report.late_events_skipped:
+        runs.append(
+            {
+                "generated_at": work.generated_at,
+                "new_segments": report.new_segments,
+                "input_rows": report.input_rows,
+                "days_published": len(report.days_published),
+                "partitions_written": report.partitions.get("written", 0),
+                "partitions_unchanged": report.partitions.get("unchanged", 0),
+                "late_events_skipped": report.late_events_skipped,
+            }
+        )
+    state["runs"] = runs[-100:]
+    tables: dict[str, Any] = {}
+    for table in TABLES.values():
+        summary = summarize(work.stats_dir, table)
+        tables[table.name] = {
+            "columns": [{"name": n, "type": t} for n, t in summary.columns],
+            "partition": table.partition,
+            "dimensions": list(table.dimensions),
+            "rows": summary.rows,
+            "partitions": summary.partitions,
+            "first": summary.first.isoformat() if summary.first else None,
+            "last": summary.last.isoformat() if summary.last else None,
+        }
+    manifest = {
+        "pipeline_version": PIPELINE_VERSION,
+        "k": opts.k,
+        "timezone": opts.timezone,
+        "epsilon": None,
+        "max_pageviews_per_visitor": opts.max_pageviews,
+        "tables": tables,
+        "final_days": state["final_days"],
+        "runs": state["runs"],
+    }
+    write_manifest(work.stats_dir, manifest)
+    for lang in LANGUAGES:
+        text = render_notice(lang, k=opts.k, timezone=opts.timezone, contact=opts.contact)
+        write_text_atomic(work.stats_dir / notice_filename(lang), text)

@@ -1,0 +1,80 @@
+"""TableDef: one published statistic, defined once as portable SQL.
+
+A definition names the rows that *contribute* to the table (its ``source``, one row per
+visitor and dimension value, or per event) and the aggregates over them. The privacy
+step (:mod:`anonymizer.privacy`) wraps that into the final query: contribution bounds are
+part of each source, the k-threshold and ``(other)`` folding are added around it.
+
+Sources read only these intermediate views, which every engine provides:
+
+``pageviews``       date, hour, ts_s, visitor, page, browser, os, device_type, language,
+                    source, channel, utm_*, and from sessionising: new_visit (1 on a
+                    visit's first pageview), visit_seconds (time since the previous
+                    pageview of the same visit, else 0), bounce (1 on a one-pageview visit)
+``visits``          the first pageview of each visit: date, visitor, visit_start_s,
+                    entry_page, source, channel, utm_source, utm_medium, utm_campaign, bounce
+``requests``        date, visitor, page, status, duration_ms (every non-bot request)
+``daily_visitors``  date, visitors (distinct visitors with a pageview that day)
+``consent_decisions`` date, decision, purpose, granted, refused (one row per purpose named)
+``retention_activity`` visitor, week_start, week_index (consented anonymous ids only)
+
+The SQL avoids engine-only functions so that a second engine (Spark, via sqlglot) can run it.
+``{max_pageviews}`` is the only template parameter a source may use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+
+Grain = Literal["visitor", "event", "decision"]
+"""What one source row stands for: one visitor in one cell, one event, one consent decision."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableDef:
+    """One published table: name, schema, dimensions and the SQL that defines it."""
+
+    name: str
+    """Published name (design section 7); also the view name in :func:`anonymizer.connect`."""
+    columns: tuple[tuple[str, pa.DataType], ...]
+    """Every published column in order, with its Arrow type (the partition column included)."""
+    partition: str
+    """Column the STATS dataset is partitioned by (``date`` or ``cohort_week``)."""
+    dimensions: tuple[str, ...]
+    """Columns whose values are thresholded and folded into ``(other)``."""
+    source: str
+    """SQL yielding the contributing rows: partition, dimensions, visitor (unless decisions)
+    and the inputs of :attr:`measures`. Contribution bounds are applied here."""
+    measures: tuple[tuple[str, str], ...]
+    """(column, aggregate SQL over the source rows) for every non-dimension column."""
+    grain: Grain = "visitor"
+    """``visitor``: one row per visitor and cell; ``event``: possibly many rows per visitor;
+    ``decision``: one row per consent decision and purpose, thresholded on their count."""
+    thresholded: bool = True
+    """False only for ``traffic_daily``: a day's totals are published even when small."""
+    gated: bool = True
+    """True: days with fewer than k visitors in total publish no row of this table."""
+    numeric_dimensions: frozenset[str] = field(default_factory=frozenset)
+    """Dimensions whose folded ``(other)`` value is NULL instead of the text ``(other)``."""
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Published column names, in order."""
+        return tuple(name for name, _ in self.columns)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """Arrow schema of the whole table (partition column included)."""
+        return pa.schema(list(self.columns))
+
+    @property
+    def file_schema(self) -> pa.Schema:
+        """Arrow schema of one partition file (the partition column lives in the folder name)."""
+        return pa.schema([(n, t) for n, t in self.columns if n != self.partition])
+
+    def source_sql(self, *, max_pageviews: int) -> str:
+        """The source query with its contribution bound filled in."""
+        return self.source.replace("{max_pageviews}", str(int(max_pageviews)))

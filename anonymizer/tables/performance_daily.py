@@ -1,0 +1,61 @@
+"""``performance_daily``: request counts and response-time percentiles per page and status."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from anonymizer.tables.base import TableDef
+
+PERFORMANCE_DAILY = TableDef(
+    name="performance_daily",
+    columns=(
+        ("date", pa.date32()),
+        ("page", pa.string()),
+        ("status_class", pa.string()),
+        ("requests", pa.int64()),
+        ("p50_ms", pa.float64()),
+        ("p95_ms", pa.float64()),
+    ),
+    partition="date",
+    dimensions=("page", "status_class"),
+    # Each visitor contributes at most {max_pageviews} requests per cell. Only the few cells
+    # over the bound are ranked (a window over every request would cost more than the rest).
+    source="""
+        WITH classed AS (
+            SELECT date, page, visitor, duration_ms,
+                   CONCAT(CAST(CAST(FLOOR(status / 100) AS INTEGER) AS VARCHAR), 'xx')
+                       AS status_class
+            FROM requests
+        ),
+        heavy AS (
+            SELECT date, page, status_class, visitor FROM classed
+            GROUP BY date, page, status_class, visitor HAVING COUNT(*) > {max_pageviews}
+        ),
+        light AS (
+            SELECT c.date, c.page, c.status_class, c.visitor, c.duration_ms
+            FROM classed AS c LEFT JOIN heavy AS h
+              ON c.date = h.date AND c.page = h.page AND c.status_class = h.status_class
+             AND c.visitor = h.visitor
+            WHERE h.visitor IS NULL
+        ),
+        capped AS (
+            SELECT date, page, status_class, visitor, duration_ms FROM (
+                SELECT c.*, ROW_NUMBER() OVER (
+                    PARTITION BY c.date, c.page, c.status_class, c.visitor
+                    ORDER BY c.duration_ms
+                ) AS n
+                FROM classed AS c JOIN heavy AS h
+                  ON c.date = h.date AND c.page = h.page AND c.status_class = h.status_class
+                 AND c.visitor = h.visitor
+            ) AS ranked WHERE n <= {max_pageviews}
+        )
+        SELECT * FROM light UNION ALL SELECT * FROM capped
+    """,
+    measures=(
+        ("requests", "COUNT(*)"),
+        ("p50_ms", "ROUND(PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY duration_ms), 1)"),
+        ("p95_ms", "ROUND(PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY duration_ms), 1)"),
+    ),
+    grain="event",
+)
+"""Every non-bot request counts (assets and errors too); thresholded on distinct visitors."""

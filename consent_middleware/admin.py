@@ -1,0 +1,211 @@
+"""``consent-admin``: the operator's commands on a RAW store (a thin layer over the API).
+
+consent-admin verify  --raw DIR [--key SECRET ...]      check the consent ledger
+consent-admin receipt --raw DIR RECEIPT_ID [--json]     proof of consent for one receipt
+consent-admin purge   --raw DIR [--retention-days 30]   delete what retention allows
+consent-admin stats   --raw DIR [--json]                what the store holds
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from consent_middleware.ledger import ledger_files, receipt_history, verify_ledger
+from consent_middleware.raw.segments import list_segments
+from consent_middleware.retention import DEFAULT_RETENTION_DAYS, purge
+
+EXIT_PROBLEMS = 1
+"""``verify`` found altered, inserted, removed or reordered records (or unknown keys)."""
+
+EXIT_TORN = 3
+"""``verify`` found nothing but torn last lines (a crash lost the record being written)."""
+
+_raw_option = click.option(
+    "--raw",
+    "raw_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The RAW store's folder (the middleware's raw_dir).",
+)
+_key_option = click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    envvar="CONSENT_SECRET_KEY",
+    help="A server secret that signed ledger records; repeat for rotated keys (oldest "
+    "first). Default: $CONSENT_SECRET_KEY (several separated by spaces).",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Operate the consent middleware's RAW store: ledger, receipts, retention."""
+
+
+@cli.command()
+@_raw_option
+@_key_option
+@_json_option
+def verify(raw_dir: Path, keys: Sequence[str], as_json: bool) -> None:
+    """Check every consent-ledger record's signature and every file's hash chain.
+
+    Reports each altered, inserted, removed or reordered record with its file and line,
+    and torn last lines (a crash mid-write) separately. Exit status: 0 all good, 1
+    problems found, 3 only torn lines.
+
+    Example: CONSENT_SECRET_KEY=... consent-admin verify --raw /var/lib/shop/raw
+    """
+    if not keys:
+        raise click.UsageError("no key: pass --key SECRET or set CONSENT_SECRET_KEY")
+    report = verify_ledger(raw_dir, list(keys))
+    if as_json:
+        _echo_json(
+            {
+                "files": report.files,
+                "records": report.records,
+                "sealed": report.sealed,
+                "problems": [
+                    {"file": p.file, "line": p.line, "kind": p.kind, "message": p.message}
+                    for p in report.problems
+                ],
+            }
+        )
+    else:
+        for problem in report.problems:
+            click.echo(str(problem), err=True)
+        verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        click.echo(
+            f"{report.files} ledger file(s), {report.records} record(s), "
+            f"{report.sealed} sealed: {verdict}"
+        )
+    if report.tampering:
+        sys.exit(EXIT_PROBLEMS)
+    if report.torn:
+        sys.exit(EXIT_TORN)
+
+
+@cli.command()
+@_raw_option
+@click.argument("receipt_id")
+@_key_option
+@_json_option
+def receipt(raw_dir: Path, receipt_id: str, keys: Sequence[str], as_json: bool) -> None:
+    """Print the consent history of one receipt (proof of consent), oldest first.
+
+    With --key each record's signature is checked (column "verified").
+
+    Example: consent-admin receipt --raw /var/lib/shop/raw 3f2a9c... --json
+    """
+    history = receipt_history(raw_dir, receipt_id, list(keys))
+    if as_json:
+        _echo_json(history)
+    else:
+        _print_history(receipt_id, history)
+    if not history:
+        click.echo(f"no ledger record for receipt {receipt_id!r}", err=True)
+        sys.exit(1)
+
+
+def _print_history(receipt_id: str, history: Sequence[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"receipt {receipt_id}")
+    for column in ("ts", "action", "source", "granted", "refused", "policy", "gpc", "verified"):
+        table.add_column(column, overflow="fold")
+    for r in history:
+        table.add_row(
+            str(r.get("ts")),
+            str(r.get("action")),
+            str(r.get("source")),
+            ", ".join(r.get("granted") or []),
+            ", ".join(r.get("refused") or []),
+            str(r.get("policy_version")),
+            "yes" if r.get("gpc") else "no",
+            {True: "yes", False: "NO", None: "-"}[r.get("verified")],
+        )
+    Console().print(table)
+
+
+@cli.command(name="purge")
+@_raw_option
+@click.option(
+    "--retention-days",
+    type=click.IntRange(min=0),
+    default=DEFAULT_RETENTION_DAYS,
+    show_default=True,
+    help="Keep raw events this many whole UTC days.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted, delete nothing.")
+@_json_option
+def purge_command(raw_dir: Path, retention_days: int, dry_run: bool, as_json: bool) -> None:
+    """Delete expired raw events, crashed writers' temporary files and finished salts.
+
+    Safe while apps are recording. Schedule it daily (cron or a systemd timer).
+
+    Example: consent-admin purge --raw /var/lib/shop/raw --retention-days 30
+    """
+    report = purge(raw_dir, retention_days=retention_days, dry_run=dry_run)
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb}: {len(report.expired_partitions)} event partition(s) "
+        f"({report.expired_files} file(s)), {len(report.temporaries)} temporary file(s), "
+        f"{len(report.destroyed_salts)} salt(s)"
+    )
+
+
+@cli.command()
+@_raw_option
+@_json_option
+def stats(raw_dir: Path, as_json: bool) -> None:
+    """Count what the RAW store holds: events per UTC date, segments, ledger records.
+
+    Example: consent-admin stats --raw /var/lib/shop/raw
+    """
+    segments = list_segments(raw_dir)
+    per_day: dict[str, int] = {}
+    if segments:
+        import duckdb
+
+        with duckdb.connect() as con:
+            rows = con.execute(
+                "SELECT strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d') AS day, count(*) "
+                "FROM read_parquet(?) GROUP BY day ORDER BY day",
+                [[str(p) for p in segments]],
+            ).fetchall()
+        per_day = {str(day): int(n) for day, n in rows}
+    files = ledger_files(raw_dir)
+    records = sum(p.read_bytes().count(b"\n") for p in files)
+    summary = {
+        "segments": len(segments),
+        "events": sum(per_day.values()),
+        "events_per_day": per_day,
+        "ledger_files": len(files),
+        "ledger_records": records,
+    }
+    if as_json:
+        _echo_json(summary)
+        return
+    click.echo(f"{summary['events']} event(s) in {len(segments)} segment(s)")
+    for day, count in per_day.items():
+        click.echo(f"  {day}  {count}")
+    click.echo(f"{records} ledger record(s) in {len(files)} file(s)")
+
+
+def main() -> None:
+    """Entry point of the ``consent-admin`` command."""
+    cli()

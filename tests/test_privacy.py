@@ -1,0 +1,144 @@
+"""Privacy checks on everything published: synthetic data and the real sample access log."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from synthetic import CHROME, crowd, event, generate
+
+import anonymizer
+from anonymizer.pipeline import RunOptions
+from anonymizer.tables import TABLES
+from consent_middleware.raw.segments import write_segment
+
+SAMPLE_LOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "apache_combined_sample.log"
+K = 10
+
+FORBIDDEN = {
+    "hash or id": re.compile(r"[0-9a-fA-F]{16,}|aid-\d+|^v\d{20,}"),
+    "IPv4 address": re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b"),
+    "IPv6 address": re.compile(r"\b[0-9a-fA-F]{1,4}(:[0-9a-fA-F]{0,4}){3,7}\b"),
+    "raw user agent": re.compile(r"Mozilla/|AppleWebKit|Gecko/|compatible;"),
+    "query string": re.compile(r"[?&][A-Za-z_]+="),
+    "e-mail address": re.compile(r"[^\s@/]+@[^\s@/]+\.[A-Za-z]{2,}"),
+}
+
+
+def published_values(stats: Path) -> Iterator[tuple[str, Any]]:
+    """Every value and every metadata value of every published file, and the manifest."""
+    for part in sorted(stats.rglob("*.parquet")):
+        table = pq.read_table(part)
+        for key, value in (table.schema.metadata or {}).items():
+            yield f"{part} metadata {key.decode()}", value.decode()
+        for name in table.column_names:
+            for value in table[name].to_pylist():
+                yield f"{part}:{name}", value
+        yield f"{part} path", str(part.relative_to(stats))
+    yield "manifest", (stats / "manifest.json").read_text()
+
+
+def assert_nothing_identifying(stats: Path) -> int:
+    checked = 0
+    for where, value in published_values(stats):
+        checked += 1
+        if isinstance(value, str):
+            for label, pattern in FORBIDDEN.items():
+                assert not pattern.search(value), f"{label} in {where}: {value!r}"
+    return checked
+
+
+def assert_k_anonymous(stats: Path, k: int) -> None:
+    con = anonymizer.connect(stats)
+    for table in TABLES.values():
+        if not table.dimensions or "visitors" not in table.column_names:
+            continue
+        small = con.execute(f"SELECT count(*) FROM {table.name} WHERE visitors < {k}").fetchall()
+        assert small == [(0,)], table.name
+    small = con.execute(
+        f"SELECT count(*) FROM consent_daily WHERE granted + refused < {k}"
+    ).fetchall()
+    assert small == [(0,)]
+    # Every breakdown is of a day whose total reaches k.
+    for table in TABLES.values():
+        if table.gated:
+            bad = con.execute(
+                f"SELECT count(*) FROM {table.name} WHERE date IN "
+                f"(SELECT date FROM traffic_daily WHERE visitors < {k})"
+            ).fetchall()
+            assert bad == [(0,)], table.name
+
+
+@pytest.fixture(scope="module")
+def synthetic_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root / "raw", 60_000, days=3)
+    anonymizer.run(root / "raw", root / "stats", RunOptions(k=K, site_hosts=("shop.example.com",)))
+    return root / "stats"
+
+
+def test_synthetic_stats_hold_no_identifier(synthetic_stats: Path) -> None:
+    assert assert_nothing_identifying(synthetic_stats) > 1000
+
+
+def test_synthetic_stats_are_k_anonymous(synthetic_stats: Path) -> None:
+    assert_k_anonymous(synthetic_stats, K)
+    con = anonymizer.connect(synthetic_stats)
+    folded = con.execute("SELECT count(*) FROM pages_daily WHERE page = '(other)'").fetchall()
+    assert folded[0][0] >= 1  # the Zipf tail was folded, not dropped
+
+
+def test_a_one_day_visitor_on_a_rare_page_cannot_be_found(tmp_path: Path) -> None:
+    t0 = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
+    events = crowd(t0, 30, "/")
+    lone = "lone" + "0" * 28
+    events += [
+        event(t0 + timedelta(minutes=1), lone, "/secret-page", language="fi"),
+        event(t0 + timedelta(minutes=2), lone, "/secret-page", status=500),
+        event(
+            t0 + timedelta(minutes=3),
+            lone,
+            "/",
+            referrer_host="tiny-blog.example",
+            utm_campaign="lonely",
+            user_agent=CHROME.replace("Windows NT 10.0; Win64; x64", "X11; FreeBSD amd64"),
+        ),
+    ]
+    raw, stats = tmp_path / "raw", tmp_path / "stats"
+    write_segment(raw, events)
+    anonymizer.run(raw, stats, RunOptions(k=K))
+    text = "\n".join(str(v) for _, v in published_values(stats))
+    for trace in ("secret-page", "fi", "tiny-blog", "lonely", "FreeBSD"):
+        assert not re.search(rf"\b{re.escape(trace)}\b", text), trace
+
+
+@pytest.fixture(scope="module")
+def sample_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sample")
+    report = anonymizer.import_log(
+        root / "raw", [SAMPLE_LOG], "combined", site_host="semicomplete.com"
+    )
+    assert report.imported > 9000
+    anonymizer.run(root / "raw", root / "stats", RunOptions(k=K, site_hosts=("semicomplete.com",)))
+    return root / "stats"
+
+
+def test_sample_log_stats_hold_no_identifier(sample_stats: Path) -> None:
+    assert assert_nothing_identifying(sample_stats) > 100
+
+
+def test_sample_log_stats_are_k_anonymous_and_bot_free(sample_stats: Path) -> None:
+    assert_k_anonymous(sample_stats, K)
+    con = anonymizer.connect(sample_stats)
+    days = con.execute("SELECT count(*), sum(pageviews) FROM traffic_daily").fetchall()
+    assert days[0][0] == 4 and days[0][1] > 0
+    kinds = {r[0] for r in con.execute("SELECT device_type FROM technology_daily").fetchall()}
+    assert "bot" not in kinds
+    manifest = json.loads((sample_stats / "manifest.json").read_text())
+    assert manifest["tables"]["pages_daily"]["rows"] > 0
