@@ -29,6 +29,7 @@ test: lint typecheck unit
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.middleware
 	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.import_log
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output

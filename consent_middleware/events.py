@@ -13,6 +13,7 @@ Work is split in two so the request path stays cheap:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -72,6 +73,9 @@ def capture(
     )
 
 
+_CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
+
+
 def _is_endpoint_route(route: object) -> bool:
     """A route that ends routing (``Route``, FastAPI's ``APIRoute``), not a ``Mount``/``Host``."""
     # Duck-typed so this module does not depend on Starlette: a Mount has ``routes``.
@@ -96,7 +100,8 @@ def route_template(
     mounted = root_path[len(base) :] if root_path.startswith(base) else ""
     prefix = base + (scrub_path(mounted) if mounted else "")
     if _is_endpoint_route(route):
-        template = getattr(route, "path", "")
+        # "/items/{item_id:int}" is published as "/items/{item_id}": the converter is noise.
+        template = _CONVERTER.sub(r"{\1}", getattr(route, "path", ""))
         return (prefix.rstrip("/") + template) or "/"
     rest = path[len(root_path) :] if path.startswith(root_path) else path
     return (prefix.rstrip("/") + scrub_path(rest)) or "/"

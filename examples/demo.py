@@ -27,6 +27,9 @@ OUT = ROOT / "demo-output"
 RAW = OUT / "raw"
 STATS = OUT / "stats"
 BIN = Path(sys.executable).parent
+# The demo signs cookies and the ledger with its own throwaway key, passed to every process.
+DEMO_KEY = os.environ.get("CONSENT_SECRET_KEY", "make-demo-throwaway-key")
+ENV = dict(os.environ, CONSENT_SECRET_KEY=DEMO_KEY, CONSENT_RAW_DIR=str(RAW))
 
 
 def _free_port() -> int:
@@ -55,14 +58,13 @@ def _wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 30.0
 
 def _run(*args: str) -> None:
     print("$ " + " ".join(args[:1] + tuple(str(a) for a in args[1:])).replace(str(ROOT) + "/", ""))
-    subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT)
+    subprocess.run([str(BIN / args[0]), *args[1:]], check=True, cwd=ROOT, env=ENV)
 
 
 def serve_and_drive(browsers: int, seconds: float) -> None:
     """Start the shop app, send traffic, stop it gracefully."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, CONSENT_RAW_DIR=str(RAW))
     _step(f"Starting the example shop on {url} (uvicorn examples.shop_app:app)")
     server = subprocess.Popen(
         [
@@ -72,9 +74,14 @@ def serve_and_drive(browsers: int, seconds: float) -> None:
             str(port),
             "--log-level",
             "warning",
+            # The simulated browsers send their (made-up) address as X-Forwarded-For, as a
+            # reverse proxy would; the visitor hash is computed from it.
+            "--proxy-headers",
+            "--forwarded-allow-ips",
+            "127.0.0.1",
         ],
         cwd=ROOT,
-        env=env,
+        env=ENV,
     )
     try:
         _wait_ready(url + "/", server)
@@ -144,7 +151,7 @@ def main() -> None:
         f"""
   RAW store (operator only, short retention): {rel_raw}/
   STATS store (anonymous, shareable):          {rel_stats}/
-  Public notice (APPI Art. 43(3)):             {rel_stats}/notice.en.txt, notice.ja.txt
+  Public notice (APPI Art. 43(3)):             {rel_stats}/notice.en.md, notice.ja.md
 
 Next commands to try:
   .venv/bin/anonymizer query --stats {rel_stats} "SELECT * FROM hourly_traffic LIMIT 10"

@@ -120,6 +120,17 @@ def _zipf_product(rng: random.Random) -> int:
     return rng.choices(PRODUCT_IDS, weights=weights, k=1)[0]
 
 
+# Documentation address ranges (RFC 5737): the browsers' addresses are only ever sent as an
+# X-Forwarded-For value, so an app behind `uvicorn --proxy-headers` sees many visitors while
+# every packet still goes to loopback.
+_DOC_NETS = ("192.0.2", "198.51.100", "203.0.113")
+
+
+def synthetic_client_ip(rng: random.Random) -> str:
+    """A made-up client address from the documentation ranges, for X-Forwarded-For."""
+    return f"{rng.choice(_DOC_NETS)}.{rng.randint(1, 254)}"
+
+
 def ensure_loopback(url: str) -> None:
     """Refuse any target that is not on this machine's loopback interface."""
     host = urlsplit(url).hostname or ""
@@ -163,7 +174,11 @@ async def _browse(
     deadline: float,
 ) -> None:
     ua = _pick(rng, USER_AGENTS)
-    headers = {"user-agent": ua, "accept-language": _pick(rng, LANGUAGES)}
+    headers = {
+        "user-agent": ua,
+        "accept-language": _pick(rng, LANGUAGES),
+        "x-forwarded-for": synthetic_client_ip(rng),
+    }
     if rng.random() < 0.08:
         headers["sec-gpc"] = "1"
     referrer = _pick(rng, REFERRERS)
@@ -204,7 +219,10 @@ async def _browse(
 
 async def _crawl(base: str, rng: random.Random, report: TrafficReport) -> None:
     report.bots += 1
-    headers = {"user-agent": rng.choice(BOT_USER_AGENTS)}
+    headers = {
+        "user-agent": rng.choice(BOT_USER_AGENTS),
+        "x-forwarded-for": synthetic_client_ip(rng),
+    }
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10.0) as bot:
         for path in ["/", *(f"/products/{pid}" for pid in rng.sample(PRODUCT_IDS, 5))]:
             await _get(bot, path, report, {})

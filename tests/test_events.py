@@ -144,7 +144,7 @@ def test_route_templates_with_mounts() -> None:
     )
     cases = {
         "/items/8d1f3c2a-0000-4000-8000-123456789abc": "/items/{item_id}",
-        "/api/users/42/orders": "/api/users/{user_id:int}/orders",
+        "/api/users/42/orders": "/api/users/{user_id}/orders",
         "/files/reports/2024/alice@example.com.pdf": "/files/reports/{id}/{email}",
         "/nowhere/123": "/nowhere/{id}",
     }
@@ -190,3 +190,15 @@ def test_untrusted_input_never_raises_and_never_leaks(
         assert value is None or ("&" not in value and len(value) <= 200)
     host = event["referrer_host"]
     assert host is None or ("/" not in host and "?" not in host)
+
+
+def test_route_converters_are_dropped_from_the_template() -> None:
+    from starlette.routing import Route
+
+    from consent_middleware.events import route_template
+
+    async def endpoint(scope: object, receive: object, send: object) -> None:
+        return None
+
+    route = Route("/items/{item_id:int}", endpoint)
+    assert route_template("/items/42", "", None, route) == "/items/{item_id}"
