@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 from itsdangerous import URLSafeTimedSerializer
@@ -37,6 +38,10 @@ _SALT = "consent_middleware.cookie"
 
 SecretKey = str | bytes | Sequence[str | bytes]
 """One key, or a list of keys from oldest to newest."""
+
+
+VERIFY_CACHE_SIZE = 4096
+"""Recently verified cookie values remembered per codec (bounded)."""
 
 
 def new_receipt_id() -> str:
@@ -138,6 +143,10 @@ class CookieCodec:
             signer=_signer_with_clock(clock),
             signer_kwargs={"digest_method": hashlib.sha256},
         )
+        # A visitor sends the same cookie on every request: remember the outcome of the
+        # signature check (not of the freshness check, which depends on the clock) for
+        # recently seen values. Bounded, keyed by the exact value, so it cannot be poisoned.
+        self._verify = lru_cache(maxsize=VERIFY_CACHE_SIZE)(self._verify_signature)
 
     def __repr__(self) -> str:
         return f"CookieCodec({self.secrets!r}, max_age={self.max_age})"
@@ -163,13 +172,22 @@ class CookieCodec:
         """The payload in ``value``, or ``None`` when it is not a valid, fresh cookie of ours."""
         if len(value) > MAX_COOKIE_BYTES or not value.isascii():
             return None
-        try:
-            data = self._serializer.loads(value, max_age=self.max_age)
-        except Exception:
-            # itsdangerous raises BadSignature, BadPayload, SignatureExpired… and a crafted
-            # value could still reach a decoder error: every failure means "no decision".
+        verified = self._verify(value)
+        if verified is None:
             return None
+        data, signed_at = verified
+        if self.clock() - signed_at > self.max_age:
+            return None  # the signature has expired
         return self._parse(data)
+
+    def _verify_signature(self, value: str) -> tuple[Any, int] | None:
+        try:
+            data, signed_at = self._serializer.loads(value, return_timestamp=True)
+        except Exception:
+            # itsdangerous raises BadSignature, BadPayload… and a crafted value could still
+            # reach a decoder error: every failure means "no decision".
+            return None
+        return data, int(signed_at.timestamp())
 
     def _parse(self, data: object) -> ConsentPayload | None:
         if not isinstance(data, list) or len(data) not in (6, 7):
