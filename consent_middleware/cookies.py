@@ -175,19 +175,24 @@ class CookieCodec:
         verified = self._verify(value)
         if verified is None:
             return None
-        data, signed_at = verified
-        if self.clock() - signed_at > self.max_age:
+        payload, signed_at = verified
+        now = self.clock()
+        if now - signed_at > self.max_age:
             return None  # the signature has expired
-        return self._parse(data)
+        if payload.decided_at > now + 300 or payload.decided_at < now - self.max_age:
+            return None  # decided in the future, or longer ago than a decision lasts
+        return payload
 
-    def _verify_signature(self, value: str) -> tuple[Any, int] | None:
+    def _verify_signature(self, value: str) -> tuple[ConsentPayload, int] | None:
+        """Signature check and parsing: everything about a value that does not depend on time."""
         try:
             data, signed_at = self._serializer.loads(value, return_timestamp=True)
         except Exception:
             # itsdangerous raises BadSignature, BadPayload… and a crafted value could still
             # reach a decoder error: every failure means "no decision".
             return None
-        return data, int(signed_at.timestamp())
+        payload = self._parse(data)
+        return None if payload is None else (payload, int(signed_at.timestamp()))
 
     def _parse(self, data: object) -> ConsentPayload | None:
         if not isinstance(data, list) or len(data) not in (6, 7):
@@ -197,8 +202,6 @@ class CookieCodec:
             return None
         if not _is_int(decided_at) or decided_at < 0 or not _is_int(flags):
             return None
-        if decided_at > self.clock() + 300 or decided_at < self.clock() - self.max_age:
-            return None  # decided in the future, or longer ago than a decision lasts
         if not isinstance(receipt_id, str) or not _TOKEN.fullmatch(receipt_id):
             return None
         if not isinstance(codes, str):
