@@ -28,6 +28,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from anonymizer.tables import TABLES, TableDef
+from consent_middleware.raw.segments import replace_atomically
 
 PART_FILE = "part-0.parquet"
 MANIFEST = "manifest.json"
@@ -48,16 +49,12 @@ def partition_dir(stats_dir: Path, table: TableDef, key: date) -> Path:
 
 
 def _write_parquet_atomic(table: pa.Table, final: Path) -> None:
-    tmp = final.with_name("." + final.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # A hidden temporary name: DuckDB globs over STATS must never see it.
+    replace_atomically(
+        final,
+        lambda handle: pq.write_table(table, handle, compression="zstd"),
+        tmp=final.with_name("." + final.name + ".tmp"),
+    )
 
 
 def write_text_atomic(path: Path, text: str) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 
 from consent_middleware.decision import Decision
-from consent_middleware.events import CapturedRequest, EventBuilder
+from consent_middleware.events import CapturedRequest, EventBuilder, capture
 from consent_middleware.ledger import LedgerRecord, LedgerWriter
 from consent_middleware.raw.salts import SaltStore
 from consent_middleware.sink import FileSink, Sink
@@ -284,23 +284,7 @@ class Recorder:
                 if len(events) >= self._max_buffer and not self._wait_for_room(events):
                     self._dropped += 1
                     return
-            get = scope.get  # the tuple of events.capture(), inlined: this is the hot path
-            events.append(
-                (
-                    time.time(),
-                    duration_ms,
-                    status,
-                    get("method", "GET"),
-                    path,
-                    get("root_path", ""),
-                    get("app_root_path"),
-                    get("route"),
-                    get("query_string", b""),
-                    get("headers", ()),
-                    get("client"),
-                    consent,
-                )
-            )
+            events.append(capture(scope, status=status, duration_ms=duration_ms, consent=consent))
             self._recorded += 1
         except Exception as exc:  # recording must never break a response
             self._note_error(exc)

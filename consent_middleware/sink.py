@@ -16,8 +16,8 @@ from typing import Protocol, runtime_checkable
 import pyarrow as pa
 
 from consent_middleware.ledger import LEDGER_SUFFIX, SEAL_SUFFIX, LedgerRecord
-from consent_middleware.raw.layout import TEMP_SUFFIX, RawLayout
-from consent_middleware.raw.segments import write_atomic, write_segment
+from consent_middleware.raw.layout import RawLayout
+from consent_middleware.raw.segments import replace_atomically, write_atomic, write_segment
 
 
 @runtime_checkable
@@ -94,17 +94,7 @@ class FileSink:
 
     def _write_seal(self, record: LedgerRecord) -> None:
         final = self._layout.ledger / f"{record.stream}{SEAL_SUFFIX}"
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(final.name + TEMP_SUFFIX)
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(record.line + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        replace_atomically(final, lambda handle: handle.write(record.line + b"\n"))
 
     def close(self) -> None:
         """Close the ledger files this process opened."""

@@ -6,10 +6,10 @@ import itertools
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,18 +36,20 @@ def _segment_name(prefix: str) -> str:
     return f"{safe}-{_HOST}-{os.getpid()}-{time.time_ns()}-{next(_sequence)}{SEGMENT_SUFFIX}"
 
 
-def write_atomic(table: pa.Table, final: Path, *, compression: str = "zstd") -> Path:
-    """Write ``table`` as Parquet to ``final`` via a temporary file and ``os.replace``.
+def replace_atomically(
+    final: Path, write: Callable[[BinaryIO], object], *, tmp: Path | None = None
+) -> Path:
+    """Create or replace ``final`` with what ``write`` puts into a temporary file.
 
-    The temporary file lives in the same folder and ends in ``.tmp`` so readers never
-    see it; it is removed if writing fails. The data is fsynced before the rename.
-    ``compression`` is a Parquet codec name (``"zstd"``, ``"snappy"``, ``"none"``).
+    The temporary file (default: ``final`` + ``.tmp``, which no reader picks up) lives in
+    the same folder; it is fsynced, then renamed over ``final`` with ``os.replace``, and
+    removed if anything fails, so readers see the whole old file or the whole new one.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + TEMP_SUFFIX)
+    tmp = tmp or final.with_name(final.name + TEMP_SUFFIX)
     try:
         with open(tmp, "wb") as handle:
-            pq.write_table(table, handle, compression=compression)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
@@ -55,6 +57,16 @@ def write_atomic(table: pa.Table, final: Path, *, compression: str = "zstd") -> 
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+def write_atomic(table: pa.Table, final: Path, *, compression: str = "zstd") -> Path:
+    """Write ``table`` as Parquet to ``final`` atomically (see :func:`replace_atomically`).
+
+    ``compression`` is a Parquet codec name (``"zstd"``, ``"snappy"``, ``"none"``).
+    """
+    return replace_atomically(
+        final, lambda handle: pq.write_table(table, handle, compression=compression)
+    )
 
 
 def write_segment(
