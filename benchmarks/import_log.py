@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-SAMPLE = Path("/work/shared/data/apache_combined_sample.log")
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "apache_combined_sample.log"
 RESULTS = Path(__file__).resolve().parent / "results" / "import_log.json"
 SAMPLE_DAYS = (17, 18, 19, 20)  # May 2015: the dates the sample covers
 

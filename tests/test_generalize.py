@@ -25,7 +25,8 @@ from anonymizer.generalize import (
     is_pageview,
 )
 
-SAMPLE = Path("/work/shared/data/apache_combined_sample.log")
+# The shared data folder sits beside the checkout (../shared), in CI as here.
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "apache_combined_sample.log"
 _UA_AT_END = re.compile(r'"([^"]*)"$')
 
 

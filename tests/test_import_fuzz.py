@@ -19,7 +19,8 @@ from consent_middleware.raw.schema import RAW_EVENT_SCHEMA
 from consent_middleware.raw.segments import list_segments
 from consent_middleware.scrub import MAX_FIELD_LENGTH, MAX_PATH_LENGTH
 
-SAMPLE = Path("/work/shared/data/apache_combined_sample.log")
+# The shared data folder sits beside the checkout (../shared), in CI as here.
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "apache_combined_sample.log"
 SEEDS = SAMPLE.read_text(encoding="utf-8").splitlines()[:200]
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 METHOD = re.compile(r"[A-Z][A-Z_-]{0,19}")

@@ -19,7 +19,8 @@ from consent_middleware.raw.salts import SaltStore
 from consent_middleware.raw.schema import RAW_EVENT_SCHEMA
 from consent_middleware.raw.segments import list_segments
 
-SAMPLE = Path("/work/shared/data/apache_combined_sample.log")
+# The shared data folder sits beside the checkout (../shared), in CI as here.
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "apache_combined_sample.log"
 SITE = "semicomplete.com"
 DOTTED_QUAD = re.compile(rb"(?<![\d.])\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\d.])")
 TRUNCATED_LINE = 8899  # the sample's one line whose user agent lost its closing quote
