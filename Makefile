@@ -31,5 +31,12 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.import_log
 
+# Coverage-guided fuzzing of the cookie decoder and the log parser (atheris); not part of CI.
+FUZZ_SECONDS ?= 300
+fuzz: $(VENV)/.installed
+	$(BIN)/python -m pip install -q atheris
+	$(BIN)/python fuzz/fuzz_cookie.py -max_total_time=$(FUZZ_SECONDS)
+	$(BIN)/python fuzz/fuzz_log_parser.py -max_total_time=$(FUZZ_SECONDS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output

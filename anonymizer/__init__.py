@@ -8,23 +8,26 @@ Python API (every CLI command is a thin wrapper over one of these):
 - :func:`query` — one SQL statement over STATS, as an Arrow table
 - :func:`tables` — what is published (``anonymizer tables``)
 - :func:`notice` — the public notice (``anonymizer notice``)
+- :func:`report` — the marketing report, HTML plus CSVs (``anonymizer report``)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 
-from anonymizer.notice import Language, notice_filename, render_notice
+from anonymizer.notice import Language, PrivacyStatement, notice_filename, render_notice
 from anonymizer.pipeline import PipelineError, RunOptions, RunReport, run
 from anonymizer.store import StatsNotFoundError, TableSummary, connect, read_manifest, summarize
 from anonymizer.tables import TABLES
 
 if TYPE_CHECKING:
     from anonymizer.importers import ImportReport, LogFormat
+    from anonymizer.reporting import ReportResult
 
 
 def import_log(
@@ -42,11 +45,29 @@ def import_log(
     return _import_log(raw_dir, files, fmt, site_host=site_host, progress=progress)
 
 
+def report(
+    stats_dir: str | Path,
+    out: str | Path,
+    *,
+    start: date | None = None,
+    end: date | None = None,
+    lang: Literal["en", "ja"] = "en",
+) -> ReportResult:
+    """Write the marketing report for ``stats_dir`` to ``out`` (HTML) with its CSVs beside it;
+    see :func:`anonymizer.reporting.build_report`."""
+    # Imported on use: matplotlib is only needed by this command.
+    from anonymizer.reporting import build_report
+
+    return build_report(stats_dir, out, start=start, end=end, lang=lang)
+
+
 def query(stats_dir: str | Path, sql: str) -> pa.Table:
     """Run ``sql`` over the published tables of ``stats_dir`` (read-only, sandboxed)."""
     con = connect(stats_dir)
     try:
-        return con.sql(sql).to_arrow_table()
+        result = con.sql(sql)
+        # A statement without a result (empty SQL, CREATE ...) is an empty table.
+        return result.to_arrow_table() if result is not None else pa.table({})
     finally:
         con.close()
 
@@ -75,7 +96,12 @@ def notice(stats_dir: str | Path, lang: Language = "en") -> str:
             f"no manifest.json in {stats_dir}: run `anonymizer run --raw RAW --stats "
             f"{stats_dir}` first"
         )
-    return render_notice(lang, k=int(manifest["k"]), timezone=str(manifest["timezone"]))
+    return render_notice(
+        lang,
+        k=int(manifest["k"]),
+        timezone=str(manifest["timezone"]),
+        privacy=PrivacyStatement.from_manifest(manifest),
+    )
 
 
 __all__ = [
@@ -89,6 +115,7 @@ __all__ = [
     "import_log",
     "notice",
     "query",
+    "report",
     "run",
     "tables",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import duckdb
@@ -26,6 +26,7 @@ import anonymizer
 from anonymizer.importers import LOG_FORMATS, ImportLogError
 from anonymizer.notice import Contact
 from anonymizer.pipeline import PipelineError, RunOptions
+from anonymizer.sandbox import explain
 from anonymizer.store import StatsNotFoundError
 
 STATS_OPTION = click.option(
@@ -100,6 +101,43 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]
 )
 @click.option("--memory-limit", default="1GB", show_default=True, help="DuckDB memory limit.")
 @click.option("--threads", type=int, default=None, help="DuckDB threads (default: all cores).")
+@click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark"]),
+    default="duckdb",
+    show_default=True,
+    help="duckdb (one machine) or spark (pip install 'consent-anonymizer[spark]').",
+)
+@click.option(
+    "--spark-master",
+    default=None,
+    help="Spark master URL for --engine spark (default: local[*]), e.g. spark://host:7077.",
+)
+@click.option(
+    "--epsilon",
+    type=float,
+    default=None,
+    help="Differential privacy: epsilon per day and run (noise from OpenDP). Off by default.",
+)
+@click.option(
+    "--delta",
+    type=float,
+    default=None,
+    help="Differential privacy: delta per day and run [default: 1e-06].",
+)
+@click.option(
+    "--budget",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Differential privacy: epsilon all releases of one day may spend together.",
+)
+@click.option(
+    "--max-rows-per-visitor",
+    default=5,
+    show_default=True,
+    help="Differential privacy: rows of each table one visitor contributes to per day.",
+)
 @click.option("--contact-office", default=None, help="Contact point named in the notice.")
 @click.option("--contact-email", default=None, help="Contact e-mail in the notice.")
 @click.option("--contact-address", default=None, help="Contact postal address in the notice.")
@@ -113,6 +151,12 @@ def run_command(
     max_pageviews_per_visitor: int,
     memory_limit: str,
     threads: int | None,
+    engine: Literal["duckdb", "spark"],
+    spark_master: str | None,
+    epsilon: float | None,
+    delta: float | None,
+    budget: float,
+    max_rows_per_visitor: int,
     contact_office: str | None,
     contact_email: str | None,
     contact_address: str | None,
@@ -135,7 +179,13 @@ def run_command(
         max_pageviews=max_pageviews_per_visitor,
         memory_limit=memory_limit,
         threads=threads,
+        engine=engine,
+        spark_master=spark_master,
         contact=contact,
+        epsilon=epsilon,
+        delta=delta,
+        budget_per_day=budget,
+        max_rows_per_visitor=max_rows_per_visitor,
     )
     try:
         with _progress(sys.stderr.isatty()) as progress:
@@ -163,6 +213,18 @@ def run_command(
         click.echo(
             f"skipped {report.late_events_skipped} late event(s) for final day(s) {late}: "
             "final days are never re-published"
+        )
+    if report.quarantined:
+        click.echo(
+            f"quarantined {len(report.quarantined)} damaged segment(s) (not used; see "
+            f"{raw_dir / 'quarantine'}):"
+        )
+        for entry in report.quarantined:
+            click.echo(f"  {entry.describe()}")
+    if epsilon is not None and days:
+        click.echo(
+            f"differential privacy: epsilon {epsilon:g} spent on each of {len(days)} day(s) "
+            f"(budget {budget:g} per day; ledger in STATS/_dp/budget.jsonl)"
         )
     click.echo(f"STATS: {stats_dir}")
 
@@ -238,7 +300,7 @@ def query_command(stats_dir: Path, sql: str, fmt: str) -> None:
         _fail(str(exc))
         return
     except duckdb.Error as exc:
-        _fail(f"query failed: {str(exc).splitlines()[0]}")
+        _fail(explain(exc))
         return
     click.echo(_render(result, fmt))
 
@@ -275,6 +337,57 @@ def notice_command(stats_dir: Path, lang: Any) -> None:
         click.echo(anonymizer.notice(stats_dir, lang))
     except StatsNotFoundError as exc:
         _fail(str(exc))
+
+
+@anonymizer_cli.command(
+    "report",
+    help="Write the marketing report: one self-contained HTML page (charts embedded, no "
+    "external requests) and every table as CSV in <out-stem>_files/ beside it. The period "
+    "defaults to the last 28 days with data; it is compared with the period of equal "
+    "length before it.\n\n"
+    "Example:\n\n  anonymizer report --stats ./stats --out report.html "
+    "--from 2026-03-01 --to 2026-03-31 --lang ja",
+)
+@STATS_OPTION
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="HTML file to write.",
+)
+@click.option(
+    "--from", "start", type=click.DateTime(["%Y-%m-%d"]), metavar="DATE", help="First day."
+)
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), metavar="DATE", help="Last day.")
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "ja"]),
+    default="en",
+    show_default=True,
+    help="Language of the report.",
+)
+def report_command(stats_dir: Path, out: Path, start: Any, end: Any, lang: Any) -> None:
+    """``anonymizer report``."""
+    # matplotlib is loaded only for reports
+    from anonymizer.reporting import PeriodError, ReportOutputError
+
+    try:
+        result = anonymizer.report(
+            stats_dir,
+            out,
+            start=start.date() if start else None,
+            end=end.date() if end else None,
+            lang=lang,
+        )
+    except (StatsNotFoundError, PeriodError, ReportOutputError) as exc:
+        _fail(str(exc))
+        return
+    period = result.period
+    click.echo(
+        f"report {result.html} ({result.bytes:,} bytes) for {period.start} .. {period.end} "
+        f"({result.days_with_data} day(s) with data), compared with {result.previous.start} "
+        f".. {result.previous.end}; CSV files in {result.csv_dir}"
+    )
 
 
 def main() -> None:

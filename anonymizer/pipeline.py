@@ -15,6 +15,12 @@ names RAW files, so it never goes into STATS. A run recomputes every non-final l
 touched by a new segment from *all* of that day's segments (distinct counts cannot be
 merged). A day becomes final ``final_after_days`` after its end and is never published
 again; late data for it is counted and reported as skipped.
+
+Faults: a segment not seen before is checked in full before the engine reads it, and a
+damaged one is moved to ``RAW/quarantine/`` (:mod:`anonymizer.quarantine`). A run killed at
+any point leaves only whole files in STATS; the next run removes its hidden temporaries,
+redoes the same work and, through the run journal (:mod:`anonymizer.journal`), reports and
+records exactly what one uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,20 +40,38 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from anonymizer.engines.duckdb import DuckDBEngine
-from anonymizer.notice import DEFAULT_CONTACT, LANGUAGES, Contact, notice_filename, render_notice
+from anonymizer.engines import (
+    SPARK_INSTALL_HINT,
+    Engine,
+    EngineName,
+    EngineUnavailableError,
+    make_engine,
+    spark_available,
+)
+from anonymizer.journal import RunJournal, fault_point
+from anonymizer.notice import (
+    DEFAULT_CONTACT,
+    LANGUAGES,
+    Contact,
+    PrivacyStatement,
+    notice_filename,
+    render_notice,
+)
 from anonymizer.privacy import DEFAULT_K, DEFAULT_MAX_PAGEVIEWS
+from anonymizer.quarantine import Problem, Quarantined, check_segment, quarantine
 from anonymizer.store import (
     MANIFEST,
+    find_links,
     partition_keys,
     publish_partition,
+    remove_stale_temporaries,
     summarize,
     write_manifest,
     write_text_atomic,
 )
 from anonymizer.tables import TABLES, TableDef
 from anonymizer.tables.retention_weekly import MAX_WEEK_OFFSET
-from consent_middleware.raw.layout import RawLayout
+from consent_middleware.raw.layout import TEMP_SUFFIX, RawLayout
 from consent_middleware.raw.segments import list_segments
 
 PIPELINE_VERSION = "1"
@@ -80,6 +105,18 @@ class RunOptions:
     contact: Contact = DEFAULT_CONTACT
     now: datetime | None = None
     """The run's clock (tests set it to exercise finality); defaults to the current time."""
+    epsilon: float | None = None
+    """Differential privacy (:mod:`anonymizer.dp`): epsilon per day and run; None: off."""
+    delta: float | None = None
+    """Delta per day and run (default ``anonymizer.dp.plan.DEFAULT_DELTA``); needs epsilon."""
+    budget_per_day: float = 1.0
+    """Epsilon all private releases of one day may spend together (the ledger in STATS)."""
+    max_rows_per_visitor: int = 5
+    """Differential privacy: rows of each table one visitor contributes to per day."""
+    engine: EngineName = "duckdb"
+    """``duckdb`` (one machine) or ``spark`` (the ``spark`` extra; same tables, same files)."""
+    spark_master: str | None = None
+    """Spark master URL for ``engine="spark"`` (default ``local[*]``)."""
 
 
 @dataclass(slots=True)
@@ -97,6 +134,9 @@ class RunReport:
     partitions: dict[str, int] = field(default_factory=dict)
     """Counts of partition outcomes: written, unchanged, removed."""
 
+    quarantined: list[Quarantined] = field(default_factory=list)
+    """Segments found damaged and moved to ``RAW/quarantine/`` (none of their rows is used)."""
+
     @property
     def changed(self) -> bool:
         """True when any file in STATS was written or removed."""
@@ -105,6 +145,8 @@ class RunReport:
 
 def validate(raw_dir: Path, stats_dir: Path, options: RunOptions) -> None:
     """Reject unusable options up front with one actionable line."""
+    if options.engine == "spark" and not spark_available():
+        raise PipelineError(SPARK_INSTALL_HINT)
     if options.k < 2:
         raise PipelineError(f"--k must be at least 2 (got {options.k}): k=1 publishes anyone")
     try:
@@ -117,6 +159,9 @@ def validate(raw_dir: Path, stats_dir: Path, options: RunOptions) -> None:
         raise PipelineError("--final-after-days must be 0 or more")
     if options.max_pageviews < 1:
         raise PipelineError("--max-pageviews-per-visitor must be at least 1")
+    from anonymizer.dp import release  # here: anonymizer.dp imports this module
+
+    release.validate(options)
     if not raw_dir.is_dir():
         raise PipelineError(f"RAW folder {raw_dir} does not exist: check --raw")
     raw, stats = raw_dir.resolve(), stats_dir.resolve()
@@ -124,6 +169,23 @@ def validate(raw_dir: Path, stats_dir: Path, options: RunOptions) -> None:
         raise PipelineError(
             f"--stats {stats_dir} and --raw {raw_dir} overlap: STATS must be a separate folder "
             "(it is shared; RAW is not)"
+        )
+    _refuse_links(raw_dir, stats_dir)
+
+
+def _refuse_links(raw_dir: Path, stats_dir: Path) -> None:
+    """The run writes under STATS and under RAW's ``pipeline/`` and ``quarantine/``; a
+    symbolic link there could send those writes anywhere (RAW's state into STATS, say)."""
+    layout = RawLayout.at(raw_dir)
+    links = find_links(stats_dir)
+    for folder in (raw_dir / "pipeline", layout.quarantine):
+        # A quarantined segment may itself be a link (moved there as is): harmless.
+        links += [folder] if folder.is_symlink() else [f for f in find_links(folder) if f.is_dir()]
+    if links:
+        shown = ", ".join(str(link) for link in links[:3])
+        raise PipelineError(
+            f"symbolic link(s) where the run writes: {shown}; remove them (the run never "
+            "writes through a link)"
         )
 
 
@@ -209,6 +271,21 @@ class _Run:
         self.report = RunReport()
         self.published: set[date] = set()
         """Days published and not yet final (from the state, plus this run's)."""
+        self.journal: RunJournal | None = None
+        """Set by :func:`_locked_run`: what a killed run left, what this run does."""
+        self.publications = 0
+
+    def restart(self) -> None:
+        """Start the steps over (after quarantining a segment the engine failed on)."""
+        self.report = RunReport()
+        self.published = set()
+
+    def quarantine(self, segment: Path, problem: Problem, *, republish: bool = False) -> None:
+        """Move a damaged segment aside and record it."""
+        entry = quarantine(self.raw_dir, segment, problem, now=self.now)
+        if self.journal is not None:
+            self.journal.quarantine(entry, republish=republish)
+        fault_point("quarantined")
 
     def is_final(self, day: date) -> bool:
         """A day is final ``final_after_days`` after its local end."""
@@ -228,11 +305,29 @@ class _Run:
             "anon.max_pageviews_per_visitor": str(self.options.max_pageviews),
         }
 
+    def table_rows(self, engine: Any, table: TableDef, days: Iterable[date] = ()) -> pa.Table:
+        """Steps 5-7 for ``table``: k-threshold, or the private release when epsilon is set."""
+        if self.options.epsilon is None:
+            return engine.run_table(
+                table, k=self.options.k, max_pageviews=self.options.max_pageviews
+            )
+        from anonymizer.dp import release  # here: anonymizer.dp imports this module
+
+        return release.release_table(engine, table, self.options, sorted(days))
+
     def publish(self, table: TableDef, key: date, rows: pa.Table, meta: dict[str, str]) -> None:
         """Publish one partition and count its outcome."""
+        if self.options.epsilon is not None:
+            from anonymizer.dp import release  # here: anonymizer.dp imports this module
+
+            meta = meta | release.partition_metadata(table, self.options)
         part = rows.filter(pc.equal(rows[table.partition], pa.scalar(key, pa.date32())))
-        outcome = publish_partition(self.stats_dir, table, key, part, meta)
+        outcome: str = publish_partition(self.stats_dir, table, key, part, meta)
+        if self.journal is not None:
+            outcome = self.journal.partition(f"{table.name}/{key.isoformat()}", outcome)
         self.report.partitions[outcome] = self.report.partitions.get(outcome, 0) + 1
+        self.publications += 1
+        fault_point(f"published-{self.publications}")
 
 
 def run(
@@ -274,25 +369,97 @@ def _locked_run(
     state = load_state(raw, stats)
     _check_state(state, opts, stats)
     stats.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(raw, stats)
     work = _Run(raw, stats, opts)
-    engine = DuckDBEngine(
-        timezone=opts.timezone,
-        site_hosts=opts.site_hosts,
-        memory_limit=opts.memory_limit,
-        threads=opts.threads,
-        temp_directory=raw / "pipeline" / "spill",
-    )
     try:
-        new_state = _run_steps(work, engine, state, progress)
+        engine = make_engine(
+            opts.engine,
+            timezone=opts.timezone,
+            site_hosts=opts.site_hosts,
+            memory_limit=opts.memory_limit,
+            threads=opts.threads,
+            temp_directory=raw / "pipeline" / "spill",
+            spark_master=opts.spark_master,
+        )
+    except EngineUnavailableError as exc:
+        raise PipelineError(str(exc)) from exc
+    work.journal = journal = RunJournal.open(_journal_path(raw, stats), _state_digest(state))
+    fault_point("journal")
+    try:
+        new_state = _run_screened(work, engine, state, progress)
+        work.report.quarantined = list(journal.quarantined)
+        _publish_manifest_and_notice(work, new_state)
+        fault_point("manifest")
+        _save_state(raw, stats, new_state)
+        fault_point("state")
+    except BaseException:
+        journal.close()  # kept: the next run completes this one
+        raise
     finally:
         engine.close()
-    _publish_manifest_and_notice(work, new_state)
-    _save_state(raw, stats, new_state)
+    journal.finish()
     return work.report
 
 
+def _journal_path(raw_dir: Path, stats_dir: Path) -> Path:
+    state = _state_path(raw_dir, stats_dir)
+    return state.with_name(state.stem.replace("state-", "journal-") + ".jsonl")
+
+
+def _state_digest(state: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+def _remove_leftovers(raw: Path, stats: Path) -> None:
+    """What a killed run leaves: hidden temporaries in STATS and RAW/pipeline, spill files.
+    Safe under the run lock: no other run is writing them."""
+    remove_stale_temporaries(stats)
+    pipeline = raw / "pipeline"
+    for tmp in pipeline.glob(f".*{TEMP_SUFFIX}") if pipeline.is_dir() else ():
+        tmp.unlink(missing_ok=True)
+    shutil.rmtree(pipeline / "spill", ignore_errors=True)
+
+
+def _screen(work: _Run, segments: list[Path], seen: Mapping[str, list[int]]) -> list[Path]:
+    """The segments safe to read: each one not seen before (or changed since) is checked in
+    full first, and a damaged one is quarantined, never read by the engine."""
+    kept = []
+    for segment in segments:
+        if not segment.is_symlink() and seen.get(
+            str(segment.relative_to(work.raw_dir))
+        ) == _file_stamp(segment):
+            kept.append(segment)
+            continue
+        problem = check_segment(segment)
+        if problem is None:
+            kept.append(segment)
+        else:
+            work.quarantine(segment, problem)
+    return kept
+
+
+def _run_screened(
+    work: _Run, engine: Engine, state: Mapping[str, Any], progress: ProgressCallback | None
+) -> dict[str, Any]:
+    """The steps; when the engine fails, a seen segment may have been damaged since it was
+    checked: every segment is checked again, damaged ones quarantined, and the steps run
+    again (the days those held are published again). Any other failure is raised."""
+    while True:
+        try:
+            return _run_steps(work, engine, state, progress)
+        except PipelineError:
+            raise
+        except Exception:
+            damaged = [(s, p) for s in list_segments(work.raw_dir) if (p := check_segment(s))]
+            if not damaged:
+                raise
+            for segment, problem in damaged:
+                work.quarantine(segment, problem, republish=True)
+            work.restart()
+
+
 def _run_steps(
-    work: _Run, engine: DuckDBEngine, state: Mapping[str, Any], progress: ProgressCallback | None
+    work: _Run, engine: Engine, state: Mapping[str, Any], progress: ProgressCallback | None
 ) -> dict[str, Any]:
     raw, report = work.raw_dir, work.report
     seen: dict[str, list[int]] = dict(state.get("segments", {}))
@@ -300,7 +467,7 @@ def _run_steps(
     published = work.published
     published |= {date.fromisoformat(d) for d in state.get("published_days", [])}
 
-    segments = list_segments(raw)
+    segments = _screen(work, list_segments(raw), seen)
     stamps = {str(p.relative_to(raw)): _file_stamp(p) for p in segments}
     new = [
         p for p in segments if seen.get(str(p.relative_to(raw))) != stamps[str(p.relative_to(raw))]
@@ -319,6 +486,14 @@ def _run_steps(
     todo = {d for d in new_days if d not in final_days}
     if erased_digest != state.get("tombstones"):
         todo |= published - final_days  # an erasure reaches every day not yet final
+    if work.journal is not None and work.journal.republish:
+        # Days a segment quarantined mid-run may have reached (local days overlap UTC +-1).
+        near = {d + timedelta(days=o) for d in work.journal.republish for o in (-1, 0, 1)}
+        todo |= near - final_days
+    from anonymizer.dp import release  # here: anonymizer.dp imports this module
+
+    # Before anything is published: one privacy mode per STATS, and the budget is charged.
+    release.authorize(work.stats_dir, sorted(todo), work.options, work.generated_at)
 
     # Daily tables from events, one local day at a time: flat memory, linear time.
     by_partition: dict[date, list[Path]] = {}
@@ -366,7 +541,7 @@ def _covering(days: list[date], by_partition: Mapping[date, list[Path]]) -> list
 def _batches(
     days: list[date],
     by_partition: Mapping[date, list[Path]],
-    engine: DuckDBEngine,
+    engine: Engine,
     batch_events: int,
     new_counts: Mapping[date, int],
 ) -> list[list[date]]:
@@ -390,7 +565,7 @@ def _batches(
 
 
 def _publish_days(
-    work: _Run, engine: DuckDBEngine, days: list[date], by_partition: Mapping[date, list[Path]]
+    work: _Run, engine: Engine, days: list[date], by_partition: Mapping[date, list[Path]]
 ) -> None:
     """Steps 1-8 of the daily event tables for one batch of local days."""
     files = _covering(days, by_partition)
@@ -399,11 +574,7 @@ def _publish_days(
     versions = batch.policy_versions if batch else ()
     work.report.input_rows += sum(per_day.values())
     results = {
-        table.name: engine.run_table(
-            table, k=work.options.k, max_pageviews=work.options.max_pageviews
-        )
-        if batch
-        else table.schema.empty_table()
+        table.name: work.table_rows(engine, table, days) if batch else table.schema.empty_table()
         for table in TABLES.values()
         if table.partition == "date" and table.name != "consent_daily"
     }
@@ -417,7 +588,7 @@ def _publish_days(
 
 def _consent_step(
     work: _Run,
-    engine: DuckDBEngine,
+    engine: Engine,
     state: Mapping[str, Any],
     final_days: set[date],
     published: set[date],
@@ -440,7 +611,7 @@ def _consent_step(
     per_day = engine.select_consent(days)
     work.report.consent_decisions = sum(per_day.values())
     table = TABLES["consent_daily"]
-    result = engine.run_table(table, k=work.options.k, max_pageviews=work.options.max_pageviews)
+    result = work.table_rows(engine, table)
     for day in sorted(days):
         work.publish(table, day, result, work.metadata(per_day.get(day, 0), ()))
         published.add(day)
@@ -448,7 +619,7 @@ def _consent_step(
 
 
 def _retention_step(
-    work: _Run, engine: DuckDBEngine, state: Mapping[str, Any], segments: list[Path], dirty: bool
+    work: _Run, engine: Engine, state: Mapping[str, Any], segments: list[Path], dirty: bool
 ) -> list[str]:
     """retention_weekly: recomputed from every consented event when anything changed;
     only cohorts not yet final are (re)published."""
@@ -457,7 +628,7 @@ def _retention_step(
         return sorted(final_cohorts)
     table = TABLES["retention_weekly"]
     work.report.retention_events = engine.load_retention(segments)
-    result = engine.run_table(table, k=work.options.k, max_pageviews=work.options.max_pageviews)
+    result = work.table_rows(engine, table)
     cohorts = {c for c in result[table.partition].to_pylist() if c is not None}
     cohorts |= set(partition_keys(work.stats_dir, table))
     for cohort in sorted(cohorts):
@@ -473,16 +644,18 @@ def _retention_step(
 def _publish_manifest_and_notice(work: _Run, state: dict[str, Any]) -> None:
     opts, report = work.options, work.report
     runs: list[dict[str, Any]] = list(state.get("runs", []))
+    # Exact event counts are not differentially private: withheld when epsilon is set.
+    exact = opts.epsilon is None
     if report.new_segments or report.changed or report.late_events_skipped:
         runs.append(
             {
                 "generated_at": work.generated_at,
                 "new_segments": report.new_segments,
-                "input_rows": report.input_rows,
+                "input_rows": report.input_rows if exact else None,
                 "days_published": len(report.days_published),
                 "partitions_written": report.partitions.get("written", 0),
                 "partitions_unchanged": report.partitions.get("unchanged", 0),
-                "late_events_skipped": report.late_events_skipped,
+                "late_events_skipped": report.late_events_skipped if exact else None,
             }
         )
     state["runs"] = runs[-100:]
@@ -502,13 +675,37 @@ def _publish_manifest_and_notice(work: _Run, state: dict[str, Any]) -> None:
         "pipeline_version": PIPELINE_VERSION,
         "k": opts.k,
         "timezone": opts.timezone,
-        "epsilon": None,
+        "epsilon": opts.epsilon,
         "max_pageviews_per_visitor": opts.max_pageviews,
         "tables": tables,
         "final_days": state["final_days"],
         "runs": state["runs"],
     }
+    if opts.epsilon is not None:
+        manifest["differential_privacy"] = _privacy_section(work)
     write_manifest(work.stats_dir, manifest)
     for lang in LANGUAGES:
-        text = render_notice(lang, k=opts.k, timezone=opts.timezone, contact=opts.contact)
+        text = render_notice(
+            lang,
+            k=opts.k,
+            timezone=opts.timezone,
+            contact=opts.contact,
+            privacy=_privacy_statement(opts),
+        )
         write_text_atomic(work.stats_dir / notice_filename(lang), text)
+
+
+def _privacy_section(work: _Run) -> dict[str, Any]:
+    """The manifest's ``differential_privacy`` block (only written with epsilon)."""
+    from anonymizer.dp import release  # here: anonymizer.dp imports this module
+
+    return release.manifest_section(work.stats_dir, work.options)
+
+
+def _privacy_statement(opts: RunOptions) -> PrivacyStatement | None:
+    """What the notice says about differential privacy (None without epsilon)."""
+    if opts.epsilon is None:
+        return None
+    from anonymizer.dp import release  # here: anonymizer.dp imports this module
+
+    return release.notice_statement(opts)

@@ -9,9 +9,15 @@ the folded set reach ``k`` (a sum of per-cell counts would count a visitor twice
 Contribution bounds live in each table's source (``LEAST(count, {max_pageviews})`` per
 visitor and cell): a visitor counts at most ``max_pageviews`` pageviews, visits, entries or
 requests per day per row.
+
+With differential privacy (:mod:`anonymizer.dp`), :func:`bounded_sql` replaces
+:func:`table_sql`: the same sources, bounded per visitor-day in rows and per row in counts,
+aggregated without any threshold (the noisy threshold is applied to the noisy counts).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from anonymizer.tables.base import TableDef
 
@@ -70,4 +76,52 @@ def table_sql(table: TableDef, *, k: int, max_pageviews: int) -> str:
         f"folded AS (SELECT sized.*, {', '.join(folded)} FROM sized) "
         f"SELECT {select} FROM folded GROUP BY {group} "
         f"HAVING {_threshold(table)} >= {k} ORDER BY {order}"
+    )
+
+
+def bounded_sql(
+    table: TableDef,
+    *,
+    sums: Sequence[tuple[str, str]],
+    max_pageviews: int,
+    max_rows: int,
+) -> str:
+    """Bounded, *un-thresholded* aggregates of ``table`` for differential privacy.
+
+    Contribution bounding per visitor and partition (a visitor-day), before aggregating:
+
+    - each visitor's source rows are first reduced to one row per cell (partition and
+      dimension values), every sum clamped to ``[0, max_pageviews]`` there;
+    - each visitor then keeps at most ``max_rows`` cells, chosen by a hash of visitor and
+      cell (pseudo-random per visitor, so no value is favoured systematically; the choice
+      depends on that visitor's rows only, which is what bounds the sensitivity).
+
+    Output columns: partition, dimensions, ``dp_visitors`` (visitors kept in the cell, each
+    counted once) and one column per ``(name, expression)`` of ``sums`` (the expression is
+    evaluated on source rows and summed per visitor and cell; ``'1'`` counts rows). No k,
+    no gate and no ``(other)`` row: the noisy threshold of :mod:`anonymizer.dp` decides.
+    """
+    if max_rows < 1 or max_pageviews < 1:
+        raise ValueError("contribution bounds must be at least 1")
+    if table.grain == "decision":
+        raise ValueError(f"{table.name} has no visitor to bound")
+    source = table.source_sql(max_pageviews=max_pageviews)
+    cell = ", ".join((table.partition, *table.dimensions))
+    bounded = ", ".join(
+        f"LEAST(GREATEST(COALESCE(SUM({expr}), 0), 0), {int(max_pageviews)}) AS {name}"
+        for name, expr in sums
+    )
+    per_cell = f"SELECT {cell}, visitor{', ' + bounded if bounded else ''} FROM ({source}) AS s"
+    # Hash ties (practically never) are broken by the cell itself: fully deterministic.
+    order = ", ".join(("hash(visitor, " + ", ".join(table.dimensions) + ")", *table.dimensions))
+    if not table.dimensions:
+        order = "visitor"
+    totals = "".join(f", CAST(SUM({name}) AS BIGINT) AS {name}" for name, _ in sums)
+    positions = ", ".join(f"{i + 1} NULLS LAST" for i in range(1 + len(table.dimensions)))
+    return (
+        f"WITH per_cell AS ({per_cell} GROUP BY {cell}, visitor), "
+        f"ranked AS (SELECT per_cell.*, ROW_NUMBER() OVER ("
+        f"PARTITION BY {table.partition}, visitor ORDER BY {order}) AS dp_rank FROM per_cell) "
+        f"SELECT {cell}, COUNT(*) AS dp_visitors{totals} FROM ranked "
+        f"WHERE dp_rank <= {int(max_rows)} GROUP BY {cell} ORDER BY {positions}"
     )

@@ -27,7 +27,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from anonymizer.journal import fault_point
+from anonymizer.sandbox import lock_down
 from anonymizer.tables import TABLES, TableDef
+from consent_middleware.raw.layout import TEMP_SUFFIX
 from consent_middleware.raw.segments import replace_atomically
 
 PART_FILE = "part-0.parquet"
@@ -104,7 +107,10 @@ def publish_partition(
     if data.num_rows == 0:
         if not folder.exists():
             return "absent"
-        shutil.rmtree(folder)
+        # Renamed out of sight first, so the partition disappears whole.
+        doomed = folder.with_name("." + folder.name + f".{os.getpid()}.tmp")
+        os.rename(folder, doomed)
+        shutil.rmtree(doomed)
         return "removed"
     if final.is_file() and _same_content(final, data, metadata):
         return "unchanged"
@@ -118,11 +124,42 @@ def publish_partition(
     staging.mkdir(parents=True)
     try:
         _write_parquet_atomic(with_meta, staging / PART_FILE)
+        fault_point("staged")
         os.rename(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return "written"
+
+
+def remove_stale_temporaries(stats_dir: Path) -> list[Path]:
+    """Remove what a killed run left half-done in STATS: hidden ``.*.tmp`` files and staging
+    folders (never visible to readers). Call only while holding the run lock."""
+    removed: list[Path] = []
+    if not stats_dir.is_dir():
+        return removed
+    for folder, dirs, files in os.walk(stats_dir):
+        for name in [*files, *dirs]:
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                path = Path(folder) / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+        dirs[:] = [d for d in dirs if not (d.startswith(".") and d.endswith(TEMP_SUFFIX))]
+    return removed
+
+
+def find_links(folder: Path) -> list[Path]:
+    """Symbolic links anywhere under ``folder`` (not followed): writing through one could
+    put files outside the folder."""
+    links: list[Path] = []
+    if not folder.is_dir():
+        return links
+    for parent, dirs, files in os.walk(folder):
+        links.extend(Path(parent) / n for n in [*dirs, *files] if (Path(parent) / n).is_symlink())
+    return links
 
 
 def partition_keys(stats_dir: Path, table: TableDef) -> list[date]:
@@ -134,7 +171,10 @@ def partition_keys(stats_dir: Path, table: TableDef) -> list[date]:
     keys = []
     for folder in root.iterdir():
         if folder.name.startswith(prefix) and (folder / PART_FILE).is_file():
-            keys.append(date.fromisoformat(folder.name.removeprefix(prefix)))
+            try:
+                keys.append(date.fromisoformat(folder.name.removeprefix(prefix)))
+            except ValueError:
+                continue  # not a partition the pipeline wrote: never read
     return sorted(keys)
 
 
@@ -179,14 +219,25 @@ def write_manifest(stats_dir: Path, manifest: Mapping[str, Any]) -> bool:
 
 
 def _dataset(stats_dir: Path, table: TableDef) -> pa.Table | ds.Dataset:
-    root = stats_dir / table.name
-    if not partition_keys(stats_dir, table):
+    """The published files of ``table`` as one dataset, named file by file.
+
+    Only ``part-0.parquet`` files that lie inside STATS through no symbolic link are read:
+    a link planted in STATS (say, to RAW) is never followed by a query.
+    """
+    root = stats_dir.resolve()
+    files = []
+    for key in partition_keys(stats_dir, table):
+        expected = partition_dir(root, table, key) / PART_FILE
+        if (partition_dir(stats_dir, table, key) / PART_FILE).resolve() == expected:
+            files.append(str(expected))
+    if not files:
         return table.schema.empty_table()
     partitioning = ds.partitioning(pa.schema([(table.partition, pa.date32())]), flavor="hive")
     return ds.dataset(
-        root,
+        files,
         format="parquet",
         partitioning=partitioning,
+        partition_base_dir=str(root / table.name),
         schema=pa.schema([*table.file_schema, (table.partition, pa.date32())]),
     )
 
@@ -196,8 +247,9 @@ def connect(stats_dir: str | Path) -> duckdb.DuckDBPyConnection:
 
     The views read through Arrow datasets registered before the lock; afterwards the
     connection has no file system access at all (``read_parquet``, ``read_csv``, ``COPY``,
-    ``ATTACH``, ``INSTALL`` and ``LOAD`` are refused) and its configuration cannot be changed.
-    Use ``.df()`` on a result for pandas.
+    ``ATTACH``, ``INSTALL`` and ``LOAD`` are refused) and its configuration cannot be changed
+    (see :mod:`anonymizer.sandbox`). Use ``.df()`` on a result for pandas. The views live
+    in this connection only: a ``cursor()`` of it does not have them.
     """
     root = Path(stats_dir)
     if not any(partition_keys(root, t) for t in TABLES.values()):
@@ -211,6 +263,5 @@ def connect(stats_dir: str | Path) -> duckdb.DuckDBPyConnection:
         con.register(source, _dataset(root, table))
         columns = ", ".join(table.column_names)
         con.execute(f"CREATE VIEW {table.name} AS SELECT {columns} FROM {source}")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    lock_down(con)
     return con

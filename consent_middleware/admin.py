@@ -2,8 +2,11 @@
 
 consent-admin verify  --raw DIR [--key SECRET ...]      check the consent ledger
 consent-admin receipt --raw DIR RECEIPT_ID [--json]     proof of consent for one receipt
-consent-admin purge   --raw DIR [--retention-days 30]   delete what retention allows
+consent-admin purge   --raw DIR [--retention-days 30]   delete what retention and erasures require
 consent-admin stats   --raw DIR [--json]                what the store holds
+consent-admin export  --raw DIR --receipt ID [--out F]  disclosure for a request by post
+consent-admin erase   --raw DIR --receipt ID --key K    erasure for a request by post
+consent-admin requests --raw DIR [--open] [--json]      visitors' requests and their status
 """
 
 from __future__ import annotations
@@ -11,14 +14,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from consent_middleware.ledger import ledger_files, receipt_history, verify_ledger
+from consent_middleware.erasure import purge_raw
+from consent_middleware.ledger import LedgerWriter, ledger_files, receipt_history, verify_ledger
+from consent_middleware.purposes import PurposeRegistry
 from consent_middleware.raw.segments import list_segments
-from consent_middleware.retention import DEFAULT_RETENTION_DAYS, purge
+from consent_middleware.receipt_links import linked_aids
+from consent_middleware.request_log import load_requests
+from consent_middleware.retention import DEFAULT_RETENTION_DAYS
+from consent_middleware.rights import disclose, erase, erase_decision
+from consent_middleware.sink import FileSink
+from consent_middleware.tombstones import digest
 
 EXIT_PROBLEMS = 1
 """``verify`` found altered, inserted, removed or reordered records (or unknown keys)."""
@@ -150,13 +161,15 @@ def _print_history(receipt_id: str, history: Sequence[dict[str, Any]]) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, delete nothing.")
 @_json_option
 def purge_command(raw_dir: Path, retention_days: int, dry_run: bool, as_json: bool) -> None:
-    """Delete expired raw events, crashed writers' temporary files and finished salts.
+    """Delete expired raw events, crashed writers' temporary files and finished salts,
+    and physically remove the raw events of erased visitors (completing their requests).
 
-    Safe while apps are recording. Schedule it daily (cron or a systemd timer).
+    Safe while apps are recording, idempotent, and safe to rerun after a crash. Schedule
+    it daily (cron or a systemd timer).
 
     Example: consent-admin purge --raw /var/lib/shop/raw --retention-days 30
     """
-    report = purge(raw_dir, retention_days=retention_days, dry_run=dry_run)
+    report = purge_raw(raw_dir, retention_days=retention_days, dry_run=dry_run)
     if as_json:
         _echo_json(report.as_dict())
         return
@@ -166,6 +179,13 @@ def purge_command(raw_dir: Path, retention_days: int, dry_run: bool, as_json: bo
         f"({report.expired_files} file(s)), {len(report.temporaries)} temporary file(s), "
         f"{len(report.destroyed_salts)} salt(s)"
     )
+    click.echo(
+        f"erasure: {verb} {report.erased_events} event(s) of erased visitors in "
+        f"{len(report.rewritten_segments)} segment(s), {report.removed_links} receipt "
+        f"link(s); {len(report.completed_requests)} request(s) completed"
+    )
+    for path in report.unchecked_files:
+        click.echo(f"warning: unreadable quarantined file not checked: {path}", err=True)
 
 
 @cli.command()
@@ -204,6 +224,143 @@ def stats(raw_dir: Path, as_json: bool) -> None:
     for day, count in per_day.items():
         click.echo(f"  {day}  {count}")
     click.echo(f"{records} ledger record(s) in {len(files)} file(s)")
+
+
+_receipt_option = click.option(
+    "--receipt",
+    "receipt_id",
+    required=True,
+    help="The receipt id the visitor quoted (shown in the banner's settings).",
+)
+
+
+def _known_receipt(raw_dir: Path, receipt_id: str) -> list[dict[str, Any]]:
+    history = receipt_history(raw_dir, receipt_id)
+    if not history and not linked_aids(raw_dir, receipt_id):
+        click.echo(
+            f"no ledger record for receipt {receipt_id!r}: check the id the visitor quoted",
+            err=True,
+        )
+        sys.exit(1)
+    return history
+
+
+@cli.command()
+@_raw_option
+@_receipt_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True
+)
+def export(raw_dir: Path, receipt_id: str, out: Path | None, fmt: str) -> None:
+    """Disclose everything held about a receipt (a request by post): its consent
+    history and the raw events of its anonymous ids, each field explained.
+
+    The same content as GET /privacy/data; the request is logged (see `requests`).
+
+    Example: consent-admin export --raw /var/lib/shop/raw --receipt 3f2a9c... --out reply.json
+    """
+    _known_receipt(raw_dir, receipt_id)
+    disclosure = disclose(raw_dir, receipt_id, channel="post")
+    text = (
+        disclosure.to_csv()
+        if fmt == "csv"
+        else json.dumps(disclosure.as_json(), indent=2, ensure_ascii=False) + "\n"
+    )
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.write_text(text, encoding="utf-8", newline="")
+    click.echo(
+        f"wrote {out}: {len(disclosure.consent_history)} consent record(s), "
+        f"{len(disclosure.events)} event(s); request {disclosure.request_id}",
+        err=True,
+    )
+
+
+@cli.command(name="erase")
+@_raw_option
+@_receipt_option
+@_key_option
+@_json_option
+def erase_command(raw_dir: Path, receipt_id: str, keys: Sequence[str], as_json: bool) -> None:
+    """Erase a receipt's data (a request by post): tombstones at once, an `erase` record in
+    the consent ledger, raw events physically removed at the next purge.
+
+    Needs the server secret to sign the ledger record (--key or $CONSENT_SECRET_KEY).
+    This also serves a request to terminate use by post: nothing more is recorded or used.
+
+    Example: CONSENT_SECRET_KEY=... consent-admin erase --raw /var/lib/shop/raw --receipt 3f2a9c...
+    """
+    if not keys:
+        raise click.UsageError("no key: pass --key SECRET or set CONSENT_SECRET_KEY")
+    history = _known_receipt(raw_dir, receipt_id)
+    request = erase(raw_dir, receipt_id, channel="post")
+    last = history[-1] if history else {}
+    named = [*(last.get("granted") or []), *(last.get("refused") or [])]
+    required = [p.name for p in PurposeRegistry() if p.required and p.name in named]
+    decision = erase_decision(
+        receipt_id,
+        source="admin",
+        required=required,
+        others=named,
+        policy_version=str(last.get("policy_version") or "unknown"),
+        notice_hash=str(last.get("notice_hash") or ""),
+    )
+    writer = LedgerWriter(list(keys))
+    sink = FileSink(raw_dir)
+    try:
+        sink.write_decisions([writer.encode(decision), writer.seal()])
+    finally:
+        sink.close()
+    if as_json:
+        _echo_json(request.as_dict())
+        return
+    click.echo(
+        f"request {request.request_id}: {len(request.aid_sha256)} anonymous id(s) erased, "
+        f"status {request.status}"
+        + (
+            "; run `consent-admin purge` to remove the raw events"
+            if request.status == "open"
+            else "; no anonymous id is linked to this receipt, so no raw event is attributable"
+        )
+    )
+
+
+@cli.command(name="requests")
+@_raw_option
+@click.option("--open", "only_open", is_flag=True, help="Only requests not yet completed.")
+@click.option("--receipt", "receipt_id", help="Only the requests of this receipt id.")
+@_json_option
+def requests_command(raw_dir: Path, only_open: bool, receipt_id: str | None, as_json: bool) -> None:
+    """List visitors' requests (disclosure, erasure) with their dates and status, oldest
+    first. An erasure is completed once a purge has removed its data.
+
+    Example: consent-admin requests --raw /var/lib/shop/raw --open
+    """
+    found = load_requests(raw_dir)
+    if only_open:
+        found = [r for r in found if r.status == "open"]
+    if receipt_id is not None:
+        found = [r for r in found if r.receipt_sha256 == digest(receipt_id)]
+    if as_json:
+        _echo_json([r.as_dict() for r in found])
+        return
+    now = datetime.now(UTC)
+    for r in found:
+        when = f"received {r.received[:16].replace('T', ' ')}"
+        if r.completed:
+            state = f"completed {r.completed[:16].replace('T', ' ')}"
+        else:
+            age = (now - datetime.fromisoformat(r.received)).days
+            state = f"OPEN for {age} day(s)"
+        removed = f"  {r.removed_events} event(s) removed" if r.kind == "erasure" else ""
+        click.echo(f"{r.request_id}  {r.kind:<10}  {r.channel:<6}  {when}  {state}{removed}")
+    click.echo(f"{len(found)} request(s), {sum(r.status == 'open' for r in found)} open")
 
 
 def main() -> None:

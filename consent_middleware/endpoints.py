@@ -17,7 +17,7 @@ unknown purposes, wrong types or a body over 8 KiB (read incrementally, stopped 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -95,8 +95,12 @@ class ConsentEndpoints:
         refused: Callable[[str], None],
         gpc_last_update: str,
         trusted_origins: Iterable[str] = (),
+        on_new_aid: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        # Called with (receipt_id, aid) before the answer of a decision that carries an
+        # anonymous id, so that a postal request quoting the receipt can find its events.
+        self.on_new_aid = on_new_aid
         self.prefix = prefix
         self.cookie_purposes = dict(cookie_purposes)
         self.emit = emit
@@ -112,7 +116,12 @@ class ConsentEndpoints:
         self, scope: Scope, receive: Receive, send: Send, ctx: ConsentContext
     ) -> None:
         response = await self._respond(scope, receive, ctx)
+        payload = ctx.payload
+        if self.on_new_aid is not None and ctx.decisions and payload and payload.aid:
+            await self.on_new_aid(payload.receipt_id, payload.aid)
         response.headers["cache-control"] = "no-store"
+        # Answers carry visitor data: never let a browser sniff them into another type.
+        response.headers["x-content-type-options"] = "nosniff"
         if ctx.set_cookie is not None:
             response.raw_headers.append((b"set-cookie", ctx.set_cookie.encode("latin-1")))
         for decision in ctx.decisions:
@@ -131,7 +140,7 @@ class ConsentEndpoints:
             return _error(405, "method not allowed", allow="GET, HEAD, POST, DELETE")
         headers = Headers(scope=scope)
         try:
-            self._check_origin(scope, headers, method)
+            self.check_origin(scope, headers, method)
             if method == "DELETE":
                 return self._decide(
                     scope, headers, ctx, self.config.registry.only_required(), "api"
@@ -179,7 +188,9 @@ class ConsentEndpoints:
                     (b"set-cookie", f"{name}=; Max-Age=0; Path=/".encode("latin-1"))
                 )
 
-    def _check_origin(self, scope: Scope, headers: Headers, method: str) -> None:
+    def check_origin(self, scope: Scope, headers: Headers, method: str) -> None:
+        """Raise :class:`BadChoice` (403) unless a ``method`` request comes from this site
+        (the rule in the module docstring); shared by every state-changing endpoint."""
         host = headers.get("host") or _server_netloc(scope)
         expected = {_origin(scope["scheme"], host)} | self.trusted
         if self.config.cookie.secure is True:  # behind a TLS-terminating proxy

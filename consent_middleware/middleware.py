@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consent_middleware.banner import BANNER_SCOPE_KEY, Banner
 from consent_middleware.cookies import (
     DEFAULT_MAX_AGE,
     CookieCodec,
@@ -27,9 +28,13 @@ from consent_middleware.cookies import (
 from consent_middleware.decision import Decision
 from consent_middleware.endpoints import GPC_PATH, ConsentEndpoints
 from consent_middleware.enforcement import ENDPOINT_SCOPE_KEY, SCOPE_KEY, strip_set_cookies
+from consent_middleware.privacy_endpoints import PrivacyEndpoints
 from consent_middleware.purposes import Mode, Purpose, PurposeRegistry
+from consent_middleware.ratelimit import RateLimiter
+from consent_middleware.receipt_links import add_link
 from consent_middleware.resolve import ConsentConfig, ConsentContext, resolve
 from consent_middleware.stats import ConsentStats
+from consent_middleware.tombstones import ErasedIds
 
 if TYPE_CHECKING:
     from consent_middleware.recorder import Recorder, RecordingOptions
@@ -54,6 +59,9 @@ class ConsentMiddleware:
     ``necessary`` and the visitor is asked again. ``cookie_purposes`` maps the app's own
     cookie names to the purpose each serves; their ``Set-Cookie`` headers are dropped unless
     that purpose is granted. ``raw_dir`` (or ``recorder``) turns recording on.
+    With ``raw_dir`` the middleware also serves ``/privacy/data`` (the visitor's disclosure
+    and erasure, rate-limited per client by ``privacy_rate_limit``) and never records
+    under an anonymous id that has been erased, even when an old cookie is replayed.
     ``on_decision`` is called with every :class:`Decision` (e.g. to log or to test).
     """
 
@@ -79,6 +87,7 @@ class ConsentMiddleware:
         trusted_origins: Sequence[str] = (),
         on_decision: Callable[[Decision], None] | None = None,
         stats: ConsentStats | None = None,
+        privacy_rate_limit: RateLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -135,7 +144,27 @@ class ConsentMiddleware:
             refused=self.stats.count_refused,
             gpc_last_update=str(last_update),
             trusted_origins=trusted_origins,
+            on_new_aid=self._link_aid if raw_dir is not None else None,
         )
+        # Visitors' rights (design section 6) need the RAW store: /privacy/data, and the
+        # erased ids a replayed cookie must never be recorded under again.
+        self.raw_dir = Path(raw_dir) if raw_dir is not None else None
+        self.erased = ErasedIds(raw_dir) if raw_dir is not None else None
+        self.privacy = (
+            PrivacyEndpoints(
+                self.config,
+                raw_dir=self.raw_dir,
+                check_origin=self.endpoints.check_origin,
+                emit=self._emit,
+                erased=self.erased,
+                refused=self.stats.count_refused,
+                flush=self.recorder.flush if self.recorder is not None else None,
+                limiter=privacy_rate_limit,
+            )
+            if self.raw_dir is not None and self.erased is not None
+            else None
+        )
+        self.banner = Banner(self.config, prefix=prefix, contact=contact)
 
     def __repr__(self) -> str:
         return (
@@ -160,15 +189,25 @@ class ConsentMiddleware:
         if scope["type"] != "http":  # websockets pass through untouched
             await self.app(scope, receive, send)
             return
+        if self.banner.serves_asset(scope["path"]):  # static: no cookie read, none set
+            await self.banner.asset(scope, receive, send)
+            return
         ctx = self.read(scope)
         for decision in ctx.decisions:  # a GPC override made while reading
             self._emit(decision)
         ctx.decisions.clear()
+        if self.banner.handles(scope["path"]):
+            await self.banner(scope, receive, send, ctx)
+            return
+        if self.privacy is not None and self.privacy.handles(scope["path"]):
+            await self.privacy(scope, receive, send, ctx)
+            return
         if self.endpoints.handles(scope["path"]):
             await self.endpoints(scope, receive, send, ctx)
             return
         scope[SCOPE_KEY] = ctx.state
         scope[ENDPOINT_SCOPE_KEY] = self.prefix
+        scope[BANNER_SCOPE_KEY] = self.banner
         await self._call_app(scope, receive, send, ctx)
 
     def read(self, scope: Scope) -> ConsentContext:
@@ -185,6 +224,9 @@ class ConsentMiddleware:
                     break
             if candidates and payload is None:
                 self.stats.count_invalid_cookie()
+            erased = self.erased
+            if payload and payload.aid and erased is not None and erased.contains(payload.aid):
+                payload = None  # a replayed cookie of an erased id counts as no decision
             return resolve(self.config, payload, gpc=gpc, secure=secure)
         except Exception:  # a bug here must not take the site down: fall back to defaults
             logger.exception("could not read the consent cookie; treating it as no decision")
@@ -219,6 +261,14 @@ class ConsentMiddleware:
                 recorder.record_request(
                     scope, status=status, duration_ms=duration_ms, consent=ctx.state
                 )
+
+    async def _link_aid(self, receipt_id: str, aid: str) -> None:
+        """Remember that ``aid`` belongs to ``receipt_id`` (for requests by post)."""
+        assert self.raw_dir is not None
+        try:
+            await run_in_threadpool(add_link, self.raw_dir, receipt_id, aid)
+        except Exception:  # the visitor's choice must still be honoured
+            logger.exception("could not write the receipt link; a postal request may miss it")
 
     def _emit(self, decision: Decision) -> None:
         self.stats.count_decision(decision.action)

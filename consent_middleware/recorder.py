@@ -9,12 +9,19 @@ flushes when a batch is full, every ``flush_interval`` seconds, and on :meth:`cl
 Durability contract: a graceful shutdown loses nothing; a process killed with SIGKILL
 loses at most what arrived since the last flush (one ``flush_interval``), and its
 half-written temporary files are ignored by readers and removed by ``consent-admin purge``.
+
+When the RAW store cannot be written (read-only, disk full, I/O error) requests are still
+served: the batch that failed is kept in memory, the failure is counted (``write_errors``,
+``last_error``) and logged at most once per ``error_log_interval``, new events wait in the
+bounded buffer (and are dropped and counted once it is full), and one write is tried per
+flush interval until the store accepts it again; then everything kept is written.
 """
 
 from __future__ import annotations
 
 import atexit
 import fnmatch
+import logging
 import os
 import re
 import threading
@@ -24,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 
@@ -32,7 +39,7 @@ from consent_middleware.decision import Decision
 from consent_middleware.events import CapturedRequest, EventBuilder, capture
 from consent_middleware.ledger import LedgerRecord, LedgerWriter
 from consent_middleware.raw.salts import SaltStore
-from consent_middleware.sink import FileSink, Sink
+from consent_middleware.sink import FileSink, Sink, WriteHealth
 from consent_middleware.state import ConsentState
 
 DEFAULT_EXCLUDE: tuple[str, ...] = (
@@ -55,7 +62,11 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 )
 """Static assets: not page requests, so not recorded unless an app says otherwise."""
 
-_RETRIES = 3  # a batch the sink refused is tried at this many flushes, then dropped
+logger = logging.getLogger("consent_middleware.recorder")
+
+_Batch: TypeAlias = "pa.Table | list[CapturedRequest]"
+"""Events kept after a failed write: a built table, or captured requests when building
+them needed the RAW store too (the daily salt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +89,7 @@ class RecordingOptions:
     block_timeout: float = 0.005  # seconds a request waits for space before its event drops
     hash_unconsented: bool = True  # False: no visitor_hash unless statistics is granted
     compression: str = "zstd"  # Parquet codec of the file sink ("none" for debugging)
+    error_log_interval: float = 60.0  # seconds between two log lines about failing writes
 
     def __post_init__(self) -> None:
         if self.flush_interval <= 0:
@@ -86,6 +98,8 @@ class RecordingOptions:
             raise ValueError("need 1 <= max_batch <= max_buffer")
         if self.block_timeout < 0:
             raise ValueError("block_timeout must be >= 0 seconds")
+        if self.error_log_interval < 0:
+            raise ValueError("error_log_interval must be >= 0 seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +107,12 @@ class RecorderStats:
     """Counters for monitoring, for this process since the recorder started.
 
     ``recorded`` events were accepted into the buffer, ``dropped`` were refused because the
-    buffer stayed full (or the sink kept failing), ``flushed`` reached the sink in ``files``
-    files; ``buffered`` wait for the next flush. ``decisions`` / ``decisions_flushed`` count
-    ledger records; ``errors`` counts failed sink writes, the latest in ``last_error``.
+    buffer stayed full (or could not be written before shutdown), ``flushed`` reached the
+    sink in ``files`` files; ``buffered`` wait for the next flush and ``retained`` were in a
+    write that failed and wait for the store to accept them. ``decisions`` /
+    ``decisions_flushed`` count ledger records. ``write_errors`` counts failed sink writes
+    (events or ledger), ``errors`` every failure (write errors included), the latest in
+    ``last_error``; ``failing`` is true from a failed write until the next successful one.
     """
 
     recorded: int
@@ -107,6 +124,9 @@ class RecorderStats:
     decisions_flushed: int
     errors: int
     last_error: str | None
+    write_errors: int = 0
+    retained: int = 0
+    failing: bool = False
 
 
 class PathFilter:
@@ -215,14 +235,20 @@ class Recorder:
         self._pending: list[LedgerRecord] = []  # signed but not yet accepted by the sink
         self._events: deque[CapturedRequest] = deque()
         self._decisions: deque[Decision] = deque()
-        self._retry: list[tuple[pa.Table, int]] = []
+        self._retained: deque[_Batch] = deque()  # batches whose write failed, oldest first
+        self._retained_rows = 0
+        log_every = self.options.error_log_interval
+        self._events_health = WriteHealth("raw events", log_interval=log_every, logger=logger)
+        self._ledger_health = WriteHealth(
+            "the consent ledger", log_interval=log_every, logger=logger
+        )
         self._wake = threading.Event()
         self._drained = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._running = False  # a flush thread of this process is (about to be) running
         self._recorded = self._dropped = self._flushed = self._files = 0
-        self._decided = self._decisions_flushed = self._errors = 0
+        self._decided = self._decisions_flushed = self._errors = self._write_errors = 0
         self._last_error: str | None = None
 
     def _forget_parent(self) -> None:
@@ -279,9 +305,13 @@ class Recorder:
             if not self._running:
                 self.start()
             events = self._events
-            if len(events) >= self._max_batch:
-                self._wake.set()
-                if len(events) >= self._max_buffer and not self._wait_for_room(events):
+            queued = len(events)
+            if queued >= self._max_batch:
+                failing = self._events_health.failing
+                if not failing:
+                    self._wake.set()
+                # While the store refuses writes no room will come: drop without waiting.
+                if queued >= self._max_buffer and (failing or not self._wait_for_room(events)):
                     self._dropped += 1
                     return
             events.append(capture(scope, status=status, duration_ms=duration_ms, consent=consent))
@@ -303,9 +333,8 @@ class Recorder:
                 raise RuntimeError("no ledger key configured: consent decision not recorded")
             if not self._running:
                 self.start()
-            if len(self._decisions) >= self.options.max_buffer and not self._wait_for_room(
-                self._decisions
-            ):
+            # Signed records wait in _pending while the store refuses them: bound both.
+            if len(self._decisions) + len(self._pending) >= self.options.max_buffer:
                 raise RuntimeError("ledger buffer full: consent decision dropped")
             self._decisions.append(decision)
             self._decided += 1
@@ -369,6 +398,9 @@ class Recorder:
             decisions_flushed=self._decisions_flushed,
             errors=self._errors,
             last_error=self._last_error,
+            write_errors=self._write_errors,
+            retained=self._retained_rows,
+            failing=self._events_health.failing or self._ledger_health.failing,
         )
 
     # -- the flush thread ---------------------------------------------------------------
@@ -387,7 +419,11 @@ class Recorder:
             self._wake.clear()
             stopping = self._stopping
             due = time.monotonic() >= next_flush
-            if stopping or due or len(self._events) >= self._max_batch or self._decisions:
+            # While writes fail, try once per interval only, not on every full batch.
+            eager = (len(self._events) >= self._max_batch and not self._events_health.failing) or (
+                bool(self._decisions) and not self._ledger_health.failing
+            )
+            if stopping or due or eager:
                 if due:
                     next_flush = time.monotonic() + interval
                 self._flush(final=stopping)
@@ -409,42 +445,82 @@ class Recorder:
                     self._note_error(exc)
 
     def _flush_events(self, *, final: bool) -> None:
-        retry, self._retry = self._retry, []
-        for table, tries in retry:
-            self._write_table(table, tries)
+        healthy = self._write_retained()
         events = self._events
         # Everything buffered now is written; what arrives meanwhile waits for the next
         # flush (or is written too when closing), so a busy app cannot keep us here forever.
+        # After a failed write the rest waits in the buffer for the next attempt.
         remaining = len(events)
-        while remaining or (final and events):
+        while (healthy or final) and (remaining or (final and events)):
             count = min(len(events), self._max_batch)
             batch = [events.popleft() for _ in range(count)]
             remaining = max(0, remaining - count)
             self._drained.set()
-            try:
-                table = self._builder.table(batch)
-            except Exception as exc:
-                self._dropped += count
-                self._note_error(exc)
-                continue
-            self._write_table(table, 0)
-        if final:  # last chance for batches the sink refused: then they count as dropped
-            retry, self._retry = self._retry, []
-            for table, _ in retry:
-                self._write_table(table, _RETRIES)
+            healthy = self._write_batch(batch) and healthy
+        if final:  # shutting down: what the store still refuses is lost, and counted
+            if self._retained:
+                self._write_retained()
+            if self._retained_rows:
+                logger.error(
+                    "shutting down with %d event(s) the RAW store would not accept (%s): "
+                    "they are lost and counted as dropped",
+                    self._retained_rows,
+                    self._last_error,
+                )
+            self._dropped += self._retained_rows
+            self._retained.clear()
+            self._retained_rows = 0
 
-    def _write_table(self, table: pa.Table, tries: int) -> None:
+    def _write_retained(self) -> bool:
+        """Write the batches kept from failed writes, oldest first; False while failing."""
+        while self._retained:
+            batch = self._retained.popleft()
+            self._retained_rows -= _rows(batch)
+            if not self._write_batch(batch):
+                return False
+        return True
+
+    def _write_batch(self, batch: _Batch) -> bool:
+        """Build (if needed) and write one batch; False when the store refused it."""
+        rows = _rows(batch)
+        try:
+            table = batch if isinstance(batch, pa.Table) else self._builder.table(batch)
+        except OSError as exc:  # the daily salt lives in RAW too: same failure, keep it
+            self._write_failed(exc, batch)
+            return False
+        except Exception as exc:  # a bug in building: drop this batch, keep the thread
+            self._dropped += rows
+            self._note_error(exc)
+            return True
         try:
             files = self._sink.write_events(table)
         except Exception as exc:
-            self._note_error(exc)
-            if tries + 1 < _RETRIES:
-                self._retry.append((table, tries + 1))
-            else:
-                self._dropped += table.num_rows
-            return
-        self._flushed += table.num_rows
+            self._write_failed(exc, table)
+            return False
+        self._flushed += rows
         self._files += files or 0
+        self._write_succeeded()
+        return True
+
+    def _write_failed(self, exc: BaseException, batch: _Batch) -> None:
+        """Count a refused events write and keep its batch while the bound allows."""
+        self._note_error(exc)
+        self._write_errors += 1
+        rows = _rows(batch)
+        if self._retained_rows + rows <= self._max_buffer:
+            self._retained.appendleft(batch)  # it was the oldest: it is retried first
+            self._retained_rows += rows
+        else:
+            self._dropped += rows
+        held = self._retained_rows + len(self._events)
+        self._events_health.failed(
+            str(self._last_error), f"{held} event(s) kept in memory, {self._dropped} dropped"
+        )
+
+    def _write_succeeded(self) -> None:
+        self._events_health.succeeded(
+            f"{self._write_errors} failed write(s) and {self._dropped} dropped event(s) so far"
+        )
 
     def _flush_decisions(self, *, final: bool) -> None:
         ledger = self._ledger
@@ -460,7 +536,23 @@ class Recorder:
         if final and ledger.count and not self._sealed:
             records.append(ledger.seal())
         if records:
-            self._sink.write_decisions(records)
+            try:
+                self._sink.write_decisions(records)
+            except Exception as exc:  # kept in _pending (bounded by record_decision)
+                self._note_error(exc)
+                self._write_errors += 1
+                self._ledger_health.failed(
+                    str(self._last_error), f"{len(records)} signed record(s) kept in memory"
+                )
+                if final:
+                    logger.error(
+                        "shutting down with %d consent ledger record(s) the RAW store would "
+                        "not accept (%s): they are lost",
+                        len(records),
+                        self._last_error,
+                    )
+                return
+            self._ledger_health.succeeded(f"{len(records)} record(s) written")
             self._pending = []
             self._decisions_flushed += sum(r.kind == "record" for r in records)
             self._sealed = self._sealed or records[-1].kind == "seal"
@@ -468,3 +560,7 @@ class Recorder:
     def _note_error(self, exc: BaseException) -> None:
         self._errors += 1
         self._last_error = f"{type(exc).__name__}: {exc}"
+
+
+def _rows(batch: _Batch) -> int:
+    return batch.num_rows if isinstance(batch, pa.Table) else len(batch)

@@ -9,7 +9,8 @@ that has outlived its purpose and reports what it did:
 - :func:`destroy_salts`: daily salts whose day is over (after that no ``visitor_hash`` of
   that day can be recomputed by anyone).
 
-More steps (applying erasure tombstones) plug in through ``steps=``. The consent ledger
+More steps plug in through ``steps=``; :func:`consent_middleware.erasure.purge_raw` adds
+the one that applies erasure tombstones (what ``consent-admin purge`` runs). The consent ledger
 is evidence of consent and is not purged here.
 """
 
@@ -52,6 +53,14 @@ class PurgeReport:
     expired_files: int = 0
     temporaries: list[str] = field(default_factory=list)
     destroyed_salts: list[str] = field(default_factory=list)
+    # Erasure (consent_middleware.erasure.apply_erasures): events removed because their
+    # anonymous id was erased, the segments rewritten without them, erasure requests
+    # completed, receipt links removed, quarantined files that could not be checked.
+    erased_events: int = 0
+    rewritten_segments: list[str] = field(default_factory=list)
+    completed_requests: list[str] = field(default_factory=list)
+    removed_links: int = 0
+    unchecked_files: list[str] = field(default_factory=list)
     extra: dict[str, list[str]] = field(default_factory=dict)  # results of added steps
 
     def as_dict(self) -> dict[str, object]:
@@ -62,6 +71,11 @@ class PurgeReport:
             "expired_files": self.expired_files,
             "temporaries": self.temporaries,
             "destroyed_salts": self.destroyed_salts,
+            "erased_events": self.erased_events,
+            "rewritten_segments": self.rewritten_segments,
+            "completed_requests": self.completed_requests,
+            "removed_links": self.removed_links,
+            "unchecked_files": self.unchecked_files,
             **self.extra,
         }
 

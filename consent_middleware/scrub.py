@@ -70,11 +70,12 @@ def scrub_path(raw_path: str) -> str:
     if "://" in path[:16]:  # absolute-form request target ("GET http://host/path")
         path = urlsplit(path).path
     path = unquote(path, errors="replace")
+    # Control characters never reach RAW. They go before the segments are scrubbed: dropped
+    # afterwards, "/1234%00567" would join into the number 1234567 after the check.
+    path = "".join(c for c in path if c.isprintable())
     if not path.startswith("/"):
         path = "/" + path
     scrubbed = "/".join(scrub_segment(seg) for seg in path.split("/"))
-    # Control characters and over-long paths never reach RAW.
-    scrubbed = "".join(c for c in scrubbed if c.isprintable())
     return scrubbed[:MAX_PATH_LENGTH] or "/"
 
 

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-output"
 RAW = OUT / "raw"
 STATS = OUT / "stats"
+REPORT = OUT / "report.html"
 BIN = Path(sys.executable).parent
 # The demo signs cookies and the ledger with its own throwaway key, passed to every process.
 DEMO_KEY = os.environ.get("CONSENT_SECRET_KEY", "make-demo-throwaway-key")
@@ -144,19 +145,27 @@ def main() -> None:
     ):
         _run("anonymizer", "query", "--stats", str(STATS), sql)
 
+    _step("Writing the marketing report (one self-contained HTML file, tables as CSV beside it)")
+    _run("anonymizer", "report", "--stats", str(STATS), "--out", str(REPORT))
+
     elapsed = time.monotonic() - started
     rel_raw, rel_stats = RAW.relative_to(ROOT), STATS.relative_to(ROOT)
+    rel_report = REPORT.relative_to(ROOT)
     _step(f"Done in {elapsed:.0f} s. Everything is under {OUT.relative_to(ROOT)}/")
     print(
         f"""
   RAW store (operator only, short retention): {rel_raw}/
   STATS store (anonymous, shareable):          {rel_stats}/
   Public notice (APPI Art. 43(3)):             {rel_stats}/notice.en.md, notice.ja.md
+  Marketing report (open in a browser):        {rel_report}
 
 Next commands to try:
   .venv/bin/anonymizer query --stats {rel_stats} "SELECT * FROM hourly_traffic LIMIT 10"
   .venv/bin/anonymizer notice --stats {rel_stats} --lang ja
+  .venv/bin/anonymizer report --stats {rel_stats} --out report.ja.html --lang ja
   .venv/bin/consent-admin verify --raw {rel_raw}
+  .venv/bin/consent-admin requests --raw {rel_raw}
+  (more queries to copy and paste: examples/analyst.sql)
   .venv/bin/uvicorn examples.shop_app:app   # then open http://127.0.0.1:8000/
 """
     )

@@ -1,23 +1,31 @@
 """The example shop in FastAPI: ``app.add_middleware(ConsentMiddleware, ...)`` and the
-``consent_dependency`` for the marketing widget.
+``consent_dependency`` for the marketing widget. ``/`` answers browsers (``Accept:
+text/html``) with a page carrying the consent banner and API clients with JSON.
 
     CONSENT_SECRET_KEY=... .venv/bin/uvicorn examples.fastapi_app:app
 """
 
 from __future__ import annotations
 
+import html
 import os
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
 
 from consent_middleware import ConsentMiddleware, ConsentState, consent_dependency, get_consent
+from consent_middleware.banner import banner_tags, negotiate_language
 
 # WARNING: the default key is for local development only; set CONSENT_SECRET_KEY in production.
 SECRET_KEY = os.environ.get("CONSENT_SECRET_KEY", "dev-only-insecure-key-change-me")
 RAW_DIR = os.environ.get("CONSENT_RAW_DIR", "./demo-output/raw")
 
 PRODUCTS = {i: f"Product {i}" for i in range(1, 41)}
+# The contact point the banner shows (policy section 13); use your own office.
+CONTACT = "Complaint Consultation Office (example): privacy@shop.example, +81-6-0000-0000"
+SETTINGS_LABEL = {"en": "Cookie settings", "ja": "クッキー設定"}
 
 app = FastAPI(title="Example shop")
 app.add_middleware(
@@ -26,13 +34,25 @@ app.add_middleware(
     policy_version="2026-04",
     raw_dir=RAW_DIR,
     cookie_purposes={"ad_seen": "marketing"},
+    contact=CONTACT,
 )
 
 
-@app.get("/")
-def home(request: Request) -> dict[str, object]:
+@app.get("/", response_model=None)
+def home(request: Request) -> dict[str, object] | HTMLResponse:
+    """JSON for API clients; an HTML page with the consent banner for browsers."""
     state = get_consent(request)
-    return {"products": PRODUCTS, "consent": dict(state.purposes), "ask": state.needs_prompt}
+    if "text/html" not in request.headers.get("accept", ""):
+        return {"products": PRODUCTS, "consent": dict(state.purposes), "ask": state.needs_prompt}
+    lang = negotiate_language(request.headers.get("accept-language"))
+    links = "".join(f'<li><a href="/products/{i}">{n}</a></li>' for i, n in PRODUCTS.items())
+    settings = f"/consent/settings?{urlencode({'lang': lang, 'next': '/'})}"
+    return HTMLResponse(
+        f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8"><title>Shop</title>'
+        f"</head><body>{banner_tags(request, lang=lang)}<h1>Shop</h1><ul>{links}</ul>"
+        f'<footer><a href="{html.escape(settings)}" data-consent-settings>'
+        f"{SETTINGS_LABEL[lang]}</a></footer></body></html>"
+    )
 
 
 @app.get("/products/{product_id}")

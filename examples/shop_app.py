@@ -2,8 +2,10 @@
 
     CONSENT_SECRET_KEY=... .venv/bin/uvicorn examples.shop_app:app   # http://127.0.0.1:8000/
 
-Pages: ``/`` (with a consent form that works without JavaScript), ``/products/{product_id}``,
-``/cart``, and ``/widgets/recommendations``, a marketing widget served only with consent.
+Pages: ``/``, ``/products/{product_id}``, ``/cart``, each with the consent banner (English or
+Japanese from Accept-Language; without JavaScript it falls back to plain forms) and a
+"Cookie settings" link, and ``/widgets/recommendations``, a marketing widget served only
+with consent.
 Requests and decisions are recorded under ``CONSENT_RAW_DIR`` (default ./demo-output/raw).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import html
 import os
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -24,6 +27,7 @@ from consent_middleware import (
     render_consent_mode,
     requires_consent,
 )
+from consent_middleware.banner import banner_tags, negotiate_language
 
 # WARNING: the default key is for local development only. Anyone who knows it can forge
 # consent cookies. In production set CONSENT_SECRET_KEY to a long random value (for key
@@ -33,27 +37,41 @@ RAW_DIR = os.environ.get("CONSENT_RAW_DIR", "./demo-output/raw")
 POLICY_VERSION = "2026-04"
 
 PRODUCTS = {i: f"Product {i}" for i in range(1, 41)}
+# The contact point the banner shows (policy section 13); use your own office.
+CONTACT = "Complaint Consultation Office (example): privacy@shop.example, +81-6-0000-0000"
+
+
+SETTINGS_LABEL = {"en": "Cookie settings", "ja": "クッキー設定"}
+
+# Pages react to a choice made in the banner without reloading: the marketing widget appears
+# as soon as marketing is granted (the server still decides; the widget route checks consent).
+WIDGET_SCRIPT = """<script>
+function showWidget(state) {
+  if (!state || !state.purposes.marketing) return;
+  fetch('/widgets/recommendations').then(function (r) { return r.ok ? r.json() : null; })
+    .then(function (data) {
+      if (data) document.getElementById('widget').textContent = 'Recommended: ' + data.recommended;
+    });
+}
+document.addEventListener('consent:ready', function (e) { showWidget(e.detail); });
+document.addEventListener('consent:change', function (e) { showWidget(e.detail); });
+</script>"""
 
 
 def _page(request: Request, title: str, body: str) -> HTMLResponse:
     state = get_consent(request)
-    choices = "".join(
-        f'<label><input type="checkbox" name="purposes" value="{name}"'
-        f"{' checked' if on else ''}> {html.escape(name)}</label> "
-        for name, on in state.purposes.items()
-        if name != "necessary"
-    )
-    path = html.escape(request.url.path, quote=True)
-    banner = (
-        f'<form method="post" action="/consent"><input type="hidden" name="next" value="{path}">'
-        f'{choices}<button>Save</button> <button name="accept" value="all">Accept all</button> '
-        '<button name="accept" value="necessary">Necessary only</button></form>'
+    lang = negotiate_language(request.headers.get("accept-language"))
+    settings = f"/consent/settings?{urlencode({'lang': lang, 'next': request.url.path})}"
+    footer = (
+        f'<footer><a href="{html.escape(settings)}" data-consent-settings>'
+        f"{SETTINGS_LABEL[lang]}</a> · Receipt: {html.escape(state.receipt_id or '-')}</footer>"
     )
     return HTMLResponse(
-        f"<!doctype html><html><head><title>{html.escape(title)}</title>"
-        f"{render_consent_mode(state)}</head><body><h1>{html.escape(title)}</h1>{body}"
-        f"{banner if state.needs_prompt else ''}<p>Receipt: {state.receipt_id or '-'}</p>"
-        "</body></html>"
+        f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>{render_consent_mode(state)}</head>"
+        # In <body>: the no-JavaScript fallback (<noscript> with forms) is not valid in <head>.
+        f"<body>{banner_tags(request, lang=lang)}<h1>{html.escape(title)}</h1>{body}"
+        f'<p id="widget"></p>{footer}{WIDGET_SCRIPT}</body></html>'
     )
 
 
@@ -96,6 +114,7 @@ app = Starlette(
             policy_version=POLICY_VERSION,
             raw_dir=RAW_DIR,
             cookie_purposes={"ad_seen": "marketing"},
+            contact=CONTACT,
         )
     ],
 )

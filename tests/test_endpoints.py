@@ -287,3 +287,11 @@ def test_unparsable_host_and_origin_never_match() -> None:
         headers={"host": "[bad", "origin": "http://[worse"},
     )
     assert response.status_code == 403
+
+
+def test_consent_answers_forbid_type_sniffing() -> None:
+    """Every answer of the consent endpoint says nosniff and no-store."""
+    client = TestClient(make_app())
+    for response in (client.get("/consent"), client.delete("/consent", headers=ORIGIN)):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["cache-control"] == "no-store"

@@ -7,6 +7,8 @@ Layout under ``raw_dir`` (see :mod:`consent_middleware.raw.layout`)::
     tombstones/                                erasure tombstones
     salts/                                     daily salts for visitor_hash
     requests/                                  visitors' rights requests
+    links/                                     receipt id <-> anonymous id, hashed (postal requests)
+    quarantine/                                segments found unreadable, moved aside
 """
 
 from consent_middleware.raw.layout import RawLayout

@@ -54,6 +54,11 @@ class RawLayout:
         return self.root / "requests"
 
     @property
+    def links(self) -> Path:
+        """Receipt links: SHA-256 of (anonymous id, receipt id) pairs, for postal requests."""
+        return self.root / "links"
+
+    @property
     def quarantine(self) -> Path:
         """Segments found unreadable, moved aside so they never break a run."""
         return self.root / "quarantine"

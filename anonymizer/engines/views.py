@@ -1,0 +1,270 @@
+"""The SQL of pipeline steps 1-4, written once and run by every engine.
+
+Each function returns one ``SELECT`` in DuckDB's dialect over named relations: the DuckDB
+engine runs it as it is, the Spark engine transpiles it (:mod:`anonymizer.engines.sql`).
+Only the scans of RAW files differ per engine, so they come in as relation text (``scan``):
+DuckDB passes ``read_parquet([...])``/``read_json(...)``, Spark the name of a view over
+``spark.read``. The SQL sticks to constructs that transpile; the few that do not are
+rewritten by the documented transforms of :mod:`anonymizer.engines.sql`.
+
+The views these queries build are listed in :mod:`anonymizer.tables.base`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+
+from anonymizer.generalize import CHANNEL_SQL, is_asset_path
+from consent_middleware.scrub import scrub_path
+
+SESSION_GAP_SECONDS = 30 * 60
+"""A visit ends after 30 minutes without a pageview (design section 7)."""
+
+RAW_COLUMNS = (
+    "ts",
+    "method",
+    "status",
+    "duration_ms",
+    "path",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "referrer_host",
+    "user_agent",
+    "language",
+    "visitor_hash",
+    "aid",
+    "policy_version",
+    "source",
+)
+"""RAW columns the daily tables need (``purposes`` only matters for retention)."""
+
+MIDDLEWARE_SOURCE = "middleware"
+"""Events recorded by the middleware carry route templates; only imported paths are rescrubbed."""
+
+LEDGER_COLUMNS = ("ts", "action", "granted", "refused")
+"""Fields read from each ledger line (ts and action as text, granted/refused as text lists);
+a ledger scan also yields ``filename``."""
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def local_time(column: str, timezone: str) -> str:
+    """SQL for ``column`` (a UTC instant) as a local timestamp in ``timezone``.
+
+    ``AT TIME ZONE`` rather than DuckDB's ``timezone()``: the same function in DuckDB, and
+    it transpiles to Spark's ``from_utc_timestamp`` (with the session time zone UTC).
+    """
+    return f"({column} AT TIME ZONE {sql_string(timezone)})"
+
+
+def _date_list(days: Collection[date]) -> str:
+    return ", ".join(f"DATE '{d.isoformat()}'" for d in sorted(days)) or "NULL"
+
+
+def day_counts_sql(relation: str, timezone: str) -> str:
+    """Local date and event count per day of ``relation`` (which has a ``ts`` column)."""
+    return (
+        f"SELECT CAST({local_time('ts', timezone)} AS DATE) AS d, COUNT(*) AS n"
+        f" FROM {relation} GROUP BY d"
+    )
+
+
+def raw_sql(
+    scan: str, days: Collection[date], start: datetime, end: datetime, timezone: str
+) -> str:
+    """The ``raw`` view: the events of the local ``days`` (``start``/``end``: their UTC bounds;
+    the range test lets Parquet readers skip row groups before the local-date test)."""
+    return (
+        f"SELECT {', '.join(RAW_COLUMNS)} FROM ("
+        f" SELECT *, CAST({local_time('ts', timezone)} AS DATE) AS local_date"
+        f" FROM {scan}"
+        f" WHERE ts >= TIMESTAMPTZ '{start.isoformat()}'"
+        f" AND ts < TIMESTAMPTZ '{end.isoformat()}'"
+        f") AS batch WHERE local_date IN ({_date_list(days)})"
+    )
+
+
+POLICY_VERSIONS_SQL = "SELECT DISTINCT policy_version FROM raw WHERE policy_version IS NOT NULL"
+DISTINCT_USER_AGENTS_SQL = "SELECT DISTINCT user_agent FROM raw"
+DISTINCT_REFERRERS_SQL = "SELECT DISTINCT referrer_host FROM raw"
+DISTINCT_PATHS_SQL = (
+    "SELECT path, bool_and(source = "
+    + sql_string(MIDDLEWARE_SOURCE)
+    + ") AS recorded FROM raw GROUP BY path"
+)
+"""Each distinct raw path, and whether every event with it came from the middleware."""
+
+
+def erased_filter(has_erased: bool, alias: str = "r", source: str = "raw") -> str:
+    """Step 1: drop erased ids' events, and the same day's events of their browser.
+
+    Reads the ``erased`` relation (``aid_sha256``: hex SHA-256 of each erased id).
+    """
+    if not has_erased:
+        return "TRUE"
+    return (
+        f"({alias}.aid IS NULL OR sha256({alias}.aid) NOT IN (SELECT aid_sha256 FROM erased))"
+        f" AND ({alias}.visitor_hash IS NULL OR {alias}.visitor_hash NOT IN ("
+        f"SELECT visitor_hash FROM {source} WHERE visitor_hash IS NOT NULL AND aid IS NOT NULL"
+        " AND sha256(aid) IN (SELECT aid_sha256 FROM erased)))"
+    )
+
+
+def base_sql(timezone: str, has_erased: bool) -> str:
+    """Steps 1-3 per event: erase, drop identifiers, generalise (``ua_map``, ``ref_map`` and
+    ``path_map`` are the per-distinct-value lookups)."""
+    local = local_time("r.ts", timezone)
+    return (
+        "SELECT"
+        f" CAST({local} AS DATE) AS date, CAST(hour({local}) AS INTEGER) AS hour,"
+        " epoch(r.ts) AS ts_s, r.method, r.status, r.duration_ms,"
+        " p.page, p.is_asset, hash(COALESCE(r.visitor_hash, r.aid)) AS visitor,"
+        " u.browser, u.os, u.device_type, r.language,"
+        " f.source, f.channel, r.utm_source, r.utm_medium, r.utm_campaign"
+        " FROM raw AS r"
+        " LEFT JOIN ua_map AS u ON u.user_agent = r.user_agent"
+        " LEFT JOIN ref_map AS f ON f.referrer_host IS NOT DISTINCT FROM r.referrer_host"
+        " JOIN path_map AS p ON p.path = r.path"
+        # Bots never count; a missing user agent is a bot (every browser sends one).
+        " WHERE NOT COALESCE(u.is_bot, TRUE)"
+        " AND COALESCE(r.visitor_hash, r.aid) IS NOT NULL"
+        f" AND {erased_filter(has_erased)}"
+    )
+
+
+REQUESTS_SQL = "SELECT date, visitor, page, status, duration_ms FROM base"
+
+
+def pageviews_sql() -> str:
+    """Step 4 in one sorted pass over ``base``.
+
+    The gaps to the previous and next pageview of the same visitor and day say where visits
+    start, which pageviews are bounces, and how long visits last. The full ORDER BY makes
+    entry attributes deterministic on equal times.
+    """
+    order = "ts_s, page, source, channel, utm_source, utm_medium, utm_campaign"
+    gap = SESSION_GAP_SECONDS
+    return (
+        " WITH pv AS (SELECT date, hour, ts_s, visitor, page, browser, os, device_type,"
+        f"  language, source, {CHANNEL_SQL} AS channel, utm_source, utm_medium, utm_campaign"
+        "  FROM base WHERE method = 'GET' AND status BETWEEN 200 AND 299 AND NOT is_asset),"
+        " gaps AS (SELECT pv.*, ts_s - LAG(ts_s) OVER win AS gap_before,"
+        # Parenthesised: Spark's parser reads ``win - ts_s`` as one hyphenated name.
+        "  (LEAD(ts_s) OVER win) - ts_s AS gap_after FROM pv"
+        f"  WINDOW win AS (PARTITION BY date, visitor ORDER BY {order}))"
+        " SELECT date, hour, ts_s, visitor, page, browser, os, device_type, language,"
+        " source, channel, utm_source, utm_medium, utm_campaign,"
+        f" CASE WHEN gap_before <= {gap} THEN 0 ELSE 1 END AS new_visit,"
+        f" CASE WHEN gap_before <= {gap} THEN gap_before ELSE 0 END AS visit_seconds,"
+        f" CASE WHEN gap_before <= {gap} OR gap_after <= {gap} THEN 0 ELSE 1 END AS bounce"
+        " FROM gaps"
+    )
+
+
+VISITS_SQL = (
+    "SELECT date, visitor,"
+    " ts_s AS visit_start_s, page AS entry_page, source, channel,"
+    " utm_source, utm_medium, utm_campaign, bounce FROM pageviews WHERE new_visit = 1"
+)
+DAILY_VISITORS_SQL = "SELECT date, COUNT(DISTINCT visitor) AS visitors FROM pageviews GROUP BY date"
+
+
+def ledger_decisions_sql(scan: str, actions: Collection[str], timezone: str) -> str:
+    """One row per purpose named by a decision in the ledger ``scan`` (columns
+    ``filename`` and :data:`LEDGER_COLUMNS`); unreadable times and other actions skipped."""
+    action_list = ", ".join(sql_string(a) for a in sorted(actions))
+    local = local_time("TRY_CAST(ts AS TIMESTAMPTZ)", timezone)
+    return (
+        "WITH records AS (SELECT filename AS file, CAST("
+        f" {local} AS DATE) AS date, granted, refused"
+        f" FROM {scan}"
+        f" WHERE action IN ({action_list}) AND TRY_CAST(ts AS TIMESTAMPTZ) IS NOT NULL)"
+        " SELECT file, date, unnest(granted) AS purpose, 1 AS granted, 0 AS refused"
+        " FROM records WHERE granted IS NOT NULL"
+        " UNION ALL SELECT file, date, unnest(refused), 0, 1"
+        " FROM records WHERE refused IS NOT NULL"
+    )
+
+
+def consent_days_sql(files: Collection[str]) -> str:
+    """Decision rows per local day among the ledger ``files`` (as the scan names them)."""
+    names = ", ".join(sql_string(f) for f in sorted(files)) or "NULL"
+    return f"SELECT date, COUNT(*) FROM ledger_decisions WHERE file IN ({names}) GROUP BY date"
+
+
+def consent_decisions_sql(days: Collection[date]) -> str:
+    """The ``consent_decisions`` view: decision rows of the local ``days``."""
+    return (
+        "SELECT date, purpose, granted, refused FROM ledger_decisions"
+        f" WHERE date IN ({_date_list(days)})"
+    )
+
+
+ROWS_PER_DAY_SQL = "SELECT date, COUNT(*) FROM consent_decisions GROUP BY date"
+
+
+def consented_sql(scan: str, timezone: str) -> str:
+    """Step 2 for retention: events recorded with ``statistics`` granted and an anonymous
+    id, reduced at once to (id, local day, user agent) -- a few rows per visitor."""
+    return (
+        "SELECT aid,"
+        f" CAST({local_time('ts', timezone)} AS DATE) AS day, user_agent,"
+        " CAST(NULL AS VARCHAR) AS visitor_hash, COUNT(*) AS events"
+        f" FROM {scan}"
+        " WHERE aid IS NOT NULL AND list_contains(purposes, 'statistics')"
+        " GROUP BY aid, day, user_agent"
+    )
+
+
+DISTINCT_CONSENTED_USER_AGENTS_SQL = "SELECT DISTINCT user_agent FROM consented"
+CONSENTED_EVENTS_SQL = "SELECT COALESCE(SUM(events), 0) FROM consented"
+
+
+def retention_activity_sql(has_erased: bool) -> str:
+    """The ``retention_activity`` view: (visitor, week) pairs of non-bot consented events."""
+    return (
+        "SELECT DISTINCT hash(r.aid) AS visitor,"
+        " CAST(date_trunc('week', r.day) AS DATE) AS week_start,"
+        # Monday-based week number: 1970-01-01 was a Thursday.
+        " CAST(floor((date_diff('day', DATE '1970-01-01', r.day) + 3) / 7) AS BIGINT)"
+        " AS week_index"
+        " FROM consented AS r LEFT JOIN ua_map AS u ON u.user_agent = r.user_agent"
+        f" WHERE NOT COALESCE(u.is_bot, TRUE) AND {erased_filter(has_erased, 'r', 'consented')}"
+    )
+
+
+def utc_bounds(days: Collection[date], timezone: str) -> tuple[datetime, datetime]:
+    """The UTC instants from the first local midnight to the end of the last local day."""
+    zone = ZoneInfo(timezone)
+    start = datetime.combine(min(days), time(), zone)
+    end = datetime.combine(max(days) + timedelta(days=1), time(), zone)
+    return start.astimezone(ZoneInfo("UTC")), end.astimezone(ZoneInfo("UTC"))
+
+
+def page_of(path: str, recorded: bool) -> tuple[str, bool]:
+    """Step 3 for one distinct raw path: its page name and whether it is an asset.
+
+    Paths recorded by the middleware are route templates already; imported paths are
+    scrubbed again.
+    """
+    return (path if recorded else scrub_path(path)), is_asset_path(path)
+
+
+def path_map(paths: Sequence[tuple[str, bool]]) -> pa.Table:
+    """The ``path_map`` lookup from (path, recorded) pairs (:data:`DISTINCT_PATHS_SQL`)."""
+    pages = [page_of(p, recorded) for p, recorded in paths]
+    return pa.table(
+        {
+            "path": pa.array([p for p, _ in paths], pa.string()),
+            "page": pa.array([page for page, _ in pages], pa.string()),
+            "is_asset": pa.array([asset for _, asset in pages], pa.bool_()),
+        }
+    )
