@@ -114,6 +114,12 @@ def main() -> None:
     _step("Checking the consent ledger")
     _run("consent-admin", "verify", "--raw", str(RAW))
 
+    _step("Visitors' rights requests received (disclosures and erasures)")
+    _run("consent-admin", "requests", "--raw", str(RAW))
+
+    _step("Purge: retention, and the erased visitors' raw events removed for good")
+    _run("consent-admin", "purge", "--raw", str(RAW))
+
     _step("Running the anonymization pipeline (RAW → STATS, k = 10)")
     _run(
         "anonymizer",

@@ -151,6 +151,7 @@ class TrafficReport:
     requests: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     choices: Counter[str] = field(default_factory=Counter)
+    rights: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     browsers: int = 0
     bots: int = 0
@@ -160,10 +161,12 @@ class TrafficReport:
         """One paragraph for the terminal."""
         statuses = ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
         choices = ", ".join(f"{name}: {n}" for name, n in sorted(self.choices.items()))
+        rights = ", ".join(f"{name}: {n}" for name, n in sorted(self.rights.items())) or "none"
         errors = sum(self.errors.values())
         return (
             f"{self.requests} requests from {self.browsers} browsers and {self.bots} bots "
-            f"in {self.seconds:.1f} s; statuses {statuses}; consent {choices}; errors {errors}"
+            f"in {self.seconds:.1f} s; statuses {statuses}; consent {choices}; "
+            f"rights requests {rights}; errors {errors}"
         )
 
 
@@ -215,6 +218,15 @@ async def _browse(
                 else "/widgets/recommendations"
             )
             await _get(browser, path, report, {"referer": base + "/"})
+        # A few visitors who consented use their rights: download what is held, or erase it.
+        if choice in ("accept_all", "statistics_only"):
+            roll = rng.random()
+            if roll < 0.03:
+                report.rights["disclosure"] += 1
+                await _get(browser, "/privacy/data", report, {})
+            elif roll < 0.045:
+                report.rights["erasure"] += 1
+                await _send(browser, "DELETE", "/privacy/data", report, headers={"origin": base})
 
 
 async def _crawl(base: str, rng: random.Random, report: TrafficReport) -> None:
