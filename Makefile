@@ -30,6 +30,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.middleware
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.import_log
+	$(BIN)/python -m benchmarks.load
+	$(BIN)/python -m benchmarks.spark_vs_duckdb --events 1000000
 
 # Coverage-guided fuzzing of the cookie decoder and the log parser (atheris); not part of CI.
 FUZZ_SECONDS ?= 300

@@ -19,10 +19,8 @@ Requires the ``spark`` extra: ``pip install 'consent-anonymizer[spark]'``. On a 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -61,20 +59,6 @@ _PATH_TYPE = StructType([StructField("page", StringType()), StructField("is_asse
 _RAW_SCHEMA = from_arrow_schema(RAW_EVENT_SCHEMA)
 _LEDGER_SCHEMA = "ts string, action string, granted array<string>, refused array<string>"
 
-_LOG4J2 = """\
-rootLogger.level = error
-rootLogger.appenderRef.stderr.ref = console
-appender.console.type = Console
-appender.console.name = console
-appender.console.target = SYSTEM_ERR
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n
-logger.repl.name = org.apache.spark.repl.Main
-logger.repl.level = error
-"""
-"""Spark logs only errors: its INFO/WARN chatter is noise on an operator's terminal. (The
-``repl.Main`` logger stops PySpark's "Setting default log level" banner.)"""
-
 _session_lock = threading.Lock()
 
 
@@ -88,22 +72,20 @@ def spark_session(
     their arguments: Spark allows one context per process).
 
     ``master`` defaults to ``local[*]``; a local master gets few shuffle partitions (8, or
-    ``shuffle_partitions``), the web UI is off and logs are reduced to errors.
+    ``shuffle_partitions``) and 2 GB of driver memory; the web UI and progress bars are off
+    and, once started, Spark logs only errors (the JVM's start-up banner still shows).
     """
     with _session_lock:
         active = SparkSession.getActiveSession()
         if active is not None:
             return active
         url = master or DEFAULT_MASTER
-        log_config = _log_config()
-        java_options = f"-Dlog4j.configurationFile=file:{log_config}"
         builder = (
             SparkSession.builder.master(url)
             .appName("anonymizer")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.driver.extraJavaOptions", java_options)
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         )
         if url.startswith("local"):
@@ -120,23 +102,10 @@ def spark_session(
         return session
 
 
-def _log_config() -> Path:
-    """The log4j2 file (named by its content, written atomically: processes share it)."""
-    digest = hashlib.sha256(_LOG4J2.encode()).hexdigest()[:12]
-    path = Path(tempfile.gettempdir()) / f"anonymizer-spark-log4j2-{digest}.properties"
-    if not path.is_file():
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8"
-        ) as handle:
-            handle.write(_LOG4J2)
-        os.replace(handle.name, path)
-    return path
-
-
 # ----------------------------------------------------------------------------- lookups
 
 PANDAS_WARNING = r"PySpark does not yet fully support pandas >= 3\.0\.0"
-"""PySpark 4.0 warns about pandas 3 whenever a pandas UDF is made; the UDFs here only take
+"""PySpark 4 warns about pandas 3 whenever a pandas UDF is made; the UDFs here only take
 Series of strings and return DataFrames of strings and booleans, which pandas 3 handles."""
 
 
