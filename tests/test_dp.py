@@ -234,7 +234,11 @@ def test_a_value_held_by_one_visitor_is_never_published(tmp_path: Path) -> None:
 def test_budget_refuses_overspending_before_publishing(tmp_path: Path) -> None:
     """Two releases of a day that is not final fit a budget of 1.0 at epsilon 0.4 each; a
     third is refused before anything changes. Real clock: the command line has no ``now``."""
-    recent = datetime.now(UTC) - timedelta(hours=3)
+    # Yesterday at noon: not final yet, and the later batches (+10, +20 min) stay on that day
+    # whatever time the test runs.
+    recent = (datetime.now(UTC) - timedelta(days=1)).replace(
+        hour=12, minute=0, second=0, microsecond=0
+    )
     day = recent.date().isoformat()
     raw, stats = tmp_path / "raw", tmp_path / "stats"
     options = RunOptions(epsilon=0.4, budget_per_day=1.0)
