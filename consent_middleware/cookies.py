@@ -170,18 +170,33 @@ class CookieCodec:
 
     def decode(self, value: str) -> ConsentPayload | None:
         """The payload in ``value``, or ``None`` when it is not a valid, fresh cookie of ours."""
-        if len(value) > MAX_COOKIE_BYTES or not value.isascii():
-            return None
-        verified = self._verify(value)
+        verified = self.verify(value)
         if verified is None:
             return None
         payload, signed_at = verified
-        now = self.clock()
-        if now - signed_at > self.max_age:
-            return None  # the signature has expired
-        if payload.decided_at > now + 300 or payload.decided_at < now - self.max_age:
-            return None  # decided in the future, or longer ago than a decision lasts
+        not_before, not_after = self.fresh_window(payload, signed_at)
+        if not not_before <= self.clock() <= not_after:
+            return None  # expired, or decided in the future
         return payload
+
+    def verify(self, value: str) -> tuple[ConsentPayload, int] | None:
+        """The payload in ``value`` and when it was signed (epoch seconds), or ``None`` when
+        ``value`` is not a cookie of ours. Freshness is not checked (see :meth:`fresh_window`):
+        the answer does not depend on the time, so callers may remember it."""
+        if len(value) > MAX_COOKIE_BYTES or not value.isascii():
+            return None
+        return self._verify(value)
+
+    def fresh_window(self, payload: ConsentPayload, signed_at: int) -> tuple[int, int]:
+        """The epoch seconds ``(not_before, not_after)`` between which a cookie holding
+        ``payload``, signed at ``signed_at``, is accepted (both ends included).
+
+        It expires ``max_age`` seconds after it was signed or after the decision was made,
+        whichever is earlier; a decision more than 5 minutes in the future (clock skew
+        between workers) is not accepted yet.
+        """
+        decided_at = payload.decided_at
+        return decided_at - 300, min(signed_at, decided_at) + self.max_age
 
     def _verify_signature(self, value: str) -> tuple[ConsentPayload, int] | None:
         """Signature check and parsing: everything about a value that does not depend on time."""

@@ -2,8 +2,8 @@
 
 Work is split in two so the request path stays cheap:
 
-- :func:`capture` runs on the event loop right after the response: it only copies a few
-  references out of the ASGI scope into a tuple (no parsing, no hashing, no I/O);
+- :meth:`EventBuilder.capture` runs on the event loop right after the response: it only
+  copies a few values out of the ASGI scope into a tuple (no parsing, no hashing, no I/O);
 - :class:`EventBuilder` runs on the recorder's background thread: it reduces each captured
   request to exactly the contract's fields (route template or scrubbed path, the five
   ``utm_*`` values, referrer host, primary language, ``visitor_hash``) and builds an Arrow
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from consent_middleware.raw.salts import SaltStore, visitor_hash
 from consent_middleware.raw.schema import RAW_EVENT_SCHEMA, UTM_FIELDS
@@ -40,37 +41,48 @@ _US_PER_DAY = 86_400_000_000
 CapturedRequest = tuple[Any, ...]
 """What the request path keeps of one request until the background thread builds it:
 ``(end, duration_ms, status, method, path, root_path, app_root_path, route, query_string,
-headers, client, consent)``, where ``end`` is ``time.time()`` when the response finished.
+user_agent, referer, accept_language, host, ip, *consent)``, where ``end`` is
+``time.time()`` when the response finished, ``route`` the matched route (or a number
+standing for it, see :meth:`EventBuilder.capture`), the four headers raw bytes (or None),
+``ip`` the client's address (or None) and ``consent`` the five fields of a
+:data:`ConsentSummary`.
 
-A plain tuple of references, cheap to build; the scope itself is not kept, so nothing an
-app put in it (``state``, sessions, connections) outlives the request.
+A flat tuple, cheap to build; the scope itself is not kept, so nothing an app put in it
+(``state``, sessions, connections) outlives the request, nor do the other headers
+(cookies, credentials). It holds only strings, bytes, numbers and None, so the garbage
+collector stops tracking it at its first pass: a buffer of thousands of events waiting
+for the next flush is never promoted to an older generation nor traversed again.
 """
 
+ConsentSummary = tuple[bool, str | None, str | tuple[str, ...], str, bool]
+"""What an event keeps of a :class:`ConsentState`: ``(statistics granted, aid while
+statistics is granted, granted purposes, policy version, gpc)``. The purposes are joined
+with commas (a flat string; registered names never hold one), else kept as a tuple."""
 
-def capture(
-    scope: Mapping[str, Any],
-    *,
-    status: int,
-    duration_ms: float,
-    consent: ConsentState,
-    end: float | None = None,
-) -> CapturedRequest:
-    """What an event needs, captured cheaply enough for the hot path."""
-    get = scope.get
+
+def consent_summary(consent: ConsentState) -> ConsentSummary:
+    """The event fields that ``consent`` decides (see :data:`ConsentSummary`)."""
+    statistics = consent.granted("statistics")
+    names = consent.granted_purposes
+    purposes = names if any("," in name for name in names) else ",".join(names)
     return (
-        time.time() if end is None else end,
-        duration_ms,
-        status,
-        get("method", "GET"),
-        get("path", "/"),
-        get("root_path", ""),
-        get("app_root_path"),
-        get("route"),
-        get("query_string", b""),
-        get("headers", ()),
-        get("client"),
-        consent,
+        statistics,
+        consent.aid if statistics else None,
+        purposes,
+        consent.policy_version,
+        consent.gpc,
     )
+
+
+def _purposes(value: str | tuple[str, ...]) -> list[str]:
+    """The purpose names of a :data:`ConsentSummary`."""
+    if isinstance(value, tuple):
+        return list(value)
+    return value.split(",") if value else []
+
+
+_ROUTES_SIZE = 1024  # routes an EventBuilder stands in for by number (apps have a few)
+_SUMMARIES_SIZE = 4096  # consent states whose summary is remembered (bounded)
 
 
 _CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
@@ -127,27 +139,6 @@ def _language(value: str) -> str | None:
     return primary_language(value)
 
 
-_WANTED = {b"user-agent": 0, b"referer": 1, b"accept-language": 2, b"host": 3}
-
-
-def _headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, str | None, str | None, str]:
-    """(user agent, referer, accept-language, host) from raw ASGI headers."""
-    found: list[bytes | None] = [None, None, None, None]
-    wanted = _WANTED
-    for name, value in headers:
-        # ASGI header names are lower-case bytes: one dict lookup per header.
-        slot = wanted.get(name)
-        if slot is not None:
-            found[slot] = value
-    ua, referer, language, host = found
-    return (
-        "" if ua is None else ua[:MAX_USER_AGENT].decode("utf-8", "replace"),
-        None if referer is None else referer.decode("latin-1"),
-        None if language is None else language.decode("latin-1"),
-        "" if host is None else host.decode("latin-1"),
-    )
-
-
 class EventBuilder:
     """Reduces captured requests to raw events; used by one thread at a time.
 
@@ -159,6 +150,69 @@ class EventBuilder:
         self._salts = salts
         self._hash_unconsented = hash_unconsented
         self._templates: dict[tuple[int, str, str | None], tuple[object, str]] = {}
+        # Written on the request path by capture(), read by the building thread. Routes are
+        # only ever added, so a number handed out always finds its route.
+        self._routes: dict[int, object] = {}
+        self._summaries: dict[int, tuple[ConsentState, ConsentSummary]] = {}
+        self._kept_routes = False  # has a route been kept as an object (past the bound)?
+
+    def capture(
+        self,
+        scope: Mapping[str, Any],
+        status: int,
+        duration_ms: float,
+        consent: ConsentState,
+        end: float | None = None,
+    ) -> CapturedRequest:
+        """What an event needs, captured cheaply enough for the request path (positional
+        arguments: this runs once per request). See :data:`CapturedRequest`."""
+        get = scope.get
+        # ASGI header names are lower-case bytes; a later duplicate wins.
+        header = dict(get("headers", ())).get
+        client = get("client")
+        route = get("route")
+        if route is not None:
+            # The route is replaced by its id (an int the GC does not track) once this
+            # builder holds the route itself; past the bound the object is kept as is.
+            number = id(route)
+            routes = self._routes
+            if number not in routes and len(routes) < _ROUTES_SIZE:
+                routes[number] = route  # held here, so no other object gets this id
+            if number in routes:
+                route = number
+            else:
+                self._kept_routes = True
+        known = self._summaries.get(id(consent))
+        if known is not None and known[0] is consent:
+            summary = known[1]
+        else:
+            summary = self._summarise(consent)
+        return (
+            time.time() if end is None else end,
+            duration_ms,
+            status,
+            get("method", "GET"),
+            get("path", "/"),
+            get("root_path", ""),
+            get("app_root_path"),
+            route,
+            get("query_string", b""),
+            header(b"user-agent"),
+            header(b"referer"),
+            header(b"accept-language"),
+            header(b"host"),
+            client[0] if client else None,
+            *summary,
+        )
+
+    def _summarise(self, consent: ConsentState) -> ConsentSummary:
+        summary = consent_summary(consent)
+        summaries = self._summaries
+        if len(summaries) >= _SUMMARIES_SIZE:
+            summaries.clear()
+        # Keeping the state itself stops its id() being reused by another one.
+        summaries[id(consent)] = (consent, summary)
+        return summary
 
     def _template(
         self, path: str, root_path: str, app_root_path: str | None, route: object | None
@@ -188,85 +242,192 @@ class EventBuilder:
 
     def rows(self, items: Sequence[CapturedRequest]) -> dict[str, list[Any]]:
         """Column lists, in :data:`RAW_EVENT_SCHEMA` order, for ``items``."""
-        # One tuple per event, transposed at the end: far fewer Python operations per
-        # event than appending to nineteen lists.
+        batch = self._batch(items)
+        out: dict[str, list[Any]] = {}
+        for name in RAW_EVENT_SCHEMA.names:
+            if name == "status":
+                out[name] = batch.statuses
+            elif name in ("ts", "duration_ms"):
+                out[name] = (batch.starts if name == "ts" else batch.durations).to_pylist()
+            else:
+                column = batch.columns[_PER_GROUP[name]]
+                out[name] = [column[i] for i in batch.group]
+        return out
+
+    def table(self, items: Sequence[CapturedRequest]) -> pa.Table:
+        """An Arrow table in :data:`RAW_EVENT_SCHEMA` holding one event per item."""
+        batch = self._batch(items)
+        # Each distinct group's values are converted once, then repeated by Arrow's take.
+        index = None if len(batch.columns[0]) == len(items) else pa.array(batch.group, pa.int32())
+        arrays = []
+        for f in RAW_EVENT_SCHEMA:
+            if f.name == "ts":  # microseconds since the epoch: a zero-copy cast to UTC time
+                arrays.append(batch.starts.cast(f.type))
+            elif f.name == "duration_ms":
+                arrays.append(batch.durations)
+            elif f.name == "status":
+                arrays.append(pa.array(batch.statuses, type=f.type))
+            else:
+                array = pa.array(batch.columns[_PER_GROUP[f.name]], type=f.type)
+                arrays.append(array if index is None else array.take(index))
+        return pa.Table.from_arrays(arrays, schema=RAW_EVENT_SCHEMA)
+
+    def _batch(self, items: Sequence[CapturedRequest]) -> _Batch:
+        """Split ``items`` into per-event values and groups of identical derived values.
+
+        Requests of one visitor for one page (same method, path, route, query string,
+        user agent, referrer, language, host, IP address, consent state and day) give the
+        same event apart from time, status and duration: the expensive part (scrubbing,
+        parsing, hashing) runs once per such group, not once per request.
+        """
+        durations = pa.array([item[1] for item in items], pa.float64())
+        # ts = int(end * 1e6 - duration_ms * 1000), the request's start in microseconds:
+        # the same float operations and the same truncation, done by Arrow for the batch.
+        ends_us = pc.multiply(pa.array([item[0] for item in items], pa.float64()), 1e6)
+        starts = pc.subtract(ends_us, pc.multiply(durations, 1000.0)).cast(pa.int64(), safe=False)
+        statuses = [item[2] for item in items]
+        first, last = (value.as_py() for value in pc.min_max(starts).values())
+        if first is None or (first // _US_PER_DAY == last // _US_PER_DAY and not self._kept_routes):
+            day = 0 if first is None else first // _US_PER_DAY
+            group, firsts = self._one_day(items, day)
+        else:
+            group, firsts = self._by_day(items, starts.to_pylist())
+        return _Batch(starts, durations, statuses, group, self._group_columns(firsts))
+
+    @staticmethod
+    def _one_day(
+        items: Sequence[CapturedRequest], day: int
+    ) -> tuple[list[int], list[tuple[CapturedRequest, int]]]:
+        """Group numbers and each group's first item, when all requests started on ``day``."""
+        groups: dict[tuple[Any, ...], int] = {}
+        # setdefault: a request's group is numbered in order of first appearance.
+        group = [groups.setdefault(item[3:], len(groups)) for item in items]
+        firsts = [(items[index], day) for index in _first_indexes(group, len(groups))]
+        return group, firsts
+
+    @staticmethod
+    def _by_day(
+        items: Sequence[CapturedRequest], starts: Sequence[int]
+    ) -> tuple[list[int], list[tuple[CapturedRequest, int]]]:
+        """Group numbers and each group's first item, for requests of several days (each
+        day has its own salt) or with routes kept as objects."""
+        group: list[int] = []
+        groups: dict[tuple[Any, ...], int] = {}
+        firsts: list[tuple[CapturedRequest, int]] = []
+        for item, start_us in zip(items, starts, strict=True):
+            day = start_us // _US_PER_DAY
+            route = item[7]
+            if route is None or type(route) is int:
+                key: tuple[Any, ...] = (day, item[3:])
+            else:  # a route kept as an object: its identity (held by the item) stands for it
+                key = (day, item[3:7], id(route), item[8:])
+            number = groups.get(key)
+            if number is None:
+                number = groups[key] = len(firsts)
+                firsts.append((item, day))
+            group.append(number)
+        return group, firsts
+
+    def _group_columns(self, firsts: Sequence[tuple[CapturedRequest, int]]) -> list[list[Any]]:
+        """The derived values of each group, as columns in :data:`_GROUP_FIELDS` order."""
         out: list[tuple[Any, ...]] = []
         salts: dict[int, bytes] = {}
         # Per-batch caches only: query strings and IPs must not linger past the batch.
         utms: dict[bytes, tuple[str | None, ...]] = {}
         hashes: dict[tuple[bytes, str, str, str], str] = {}
-        consents: dict[int, tuple[ConsentState, bool, tuple[Any, ...]]] = {}
         hash_all = self._hash_unconsented
         store = self._salts
-        for (
-            end,
-            duration_ms,
-            status,
-            method,
-            path,
-            root,
-            app_root,
-            route,
-            qs,
-            headers,
-            client,
-            consent,
-        ) in items:
-            start_us = int(end * 1_000_000 - duration_ms * 1000.0)
+        routes = self._routes
+        for item, day in firsts:
+            (
+                _,
+                _,
+                _,
+                method,
+                path,
+                root,
+                app_root,
+                route,
+                qs,
+                ua_raw,
+                referer,
+                language,
+                host_raw,
+                client_ip,
+                statistics,
+                aid,
+                purposes,
+                policy_version,
+                gpc,
+            ) = item
+            if type(route) is int:
+                route = routes[route]
             utm = _NO_UTM_ROW
             if b"utm_" in qs:
                 utm = utms.get(qs) or utms.setdefault(qs, _utm_row(qs))
-            ua, referer, language, host = _headers(headers)
-            known = consents.get(id(consent))
-            if known is None or known[0] is not consent:
-                statistics = consent.granted("statistics")
-                tail = (
-                    consent.aid if statistics else None,
-                    list(consent.granted_purposes),
-                    consent.policy_version,
-                    consent.gpc,
-                    SOURCE,
-                )
-                known = consents[id(consent)] = (consent, statistics, tail)
+            ua = "" if ua_raw is None else _user_agent(ua_raw[:MAX_USER_AGENT])
+            host = "" if host_raw is None else host_raw.decode("latin-1")
             digest = None
-            if (known[1] or hash_all) and store is not None:
-                day = start_us // _US_PER_DAY
+            if (statistics or hash_all) and store is not None:
                 salt = salts.get(day) or self._salt(day, salts)
                 if salt is not None:
-                    ip = str(client[0]) if client else ""
-                    key = (salt, ip, ua, host)  # one visitor sends many requests per batch
-                    digest = hashes.get(key)
+                    ip = "" if client_ip is None else str(client_ip)
+                    hash_key = (salt, ip, ua, host)  # one visitor sends many requests
+                    digest = hashes.get(hash_key)
                     if digest is None:
-                        digest = hashes[key] = visitor_hash(salt, ip, ua, host)
+                        digest = hashes[hash_key] = visitor_hash(salt, ip, ua, host)
             out.append(
                 (
-                    start_us,
                     method,
-                    status,
-                    duration_ms,
                     self._template(path, root, app_root, route),
                     *utm,
-                    None if referer is None else _referrer_host(referer),
+                    None if referer is None else _referrer_host(referer.decode("latin-1")),
                     ua,
-                    None if language is None else _language(language),
+                    None if language is None else _language(language.decode("latin-1")),
                     digest,
-                    *known[2],
+                    aid,
+                    _purposes(purposes),
+                    policy_version,
+                    gpc,
+                    SOURCE,
                 )
             )
-        columns = zip(*out, strict=True) if out else ([] for _ in RAW_EVENT_SCHEMA.names)
-        return {name: list(col) for name, col in zip(RAW_EVENT_SCHEMA.names, columns, strict=True)}
+        if not out:
+            return [[] for _ in _GROUP_FIELDS]
+        return [list(column) for column in zip(*out, strict=True)]
 
-    def table(self, items: Sequence[CapturedRequest]) -> pa.Table:
-        """An Arrow table in :data:`RAW_EVENT_SCHEMA` holding one event per item."""
-        cols = self.rows(items)
-        arrays = []
-        for f in RAW_EVENT_SCHEMA:
-            if f.name == "ts":
-                # Microseconds since the epoch as int64, then a zero-copy cast to UTC time.
-                arrays.append(pa.array(cols["ts"], type=pa.int64()).cast(f.type))
-            else:
-                arrays.append(pa.array(cols[f.name], type=f.type))
-        return pa.Table.from_arrays(arrays, schema=RAW_EVENT_SCHEMA)
+
+class _Batch(NamedTuple):
+    """A batch split by :meth:`EventBuilder._batch`: the per-event columns (``starts`` in
+    epoch microseconds), each event's group number, and the groups' columns in
+    :data:`_GROUP_FIELDS` order."""
+
+    starts: pa.Int64Array
+    durations: pa.DoubleArray
+    statuses: list[int]
+    group: list[int]
+    columns: list[list[Any]]
+
+
+_PER_EVENT = ("ts", "duration_ms", "status")
+_GROUP_FIELDS = tuple(name for name in RAW_EVENT_SCHEMA.names if name not in _PER_EVENT)
+_PER_GROUP = {name: i for i, name in enumerate(_GROUP_FIELDS)}
+
+
+def _first_indexes(group: Sequence[int], count: int) -> list[int]:
+    """For each of ``count`` groups numbered in order of appearance, where it first appears."""
+    firsts: list[int] = []
+    for index, number in enumerate(group):
+        if number == len(firsts):
+            firsts.append(index)
+            if len(firsts) == count:
+                break
+    return firsts
+
+
+@lru_cache(maxsize=1024)
+def _user_agent(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
 
 
 def build_event(
@@ -284,8 +445,8 @@ def build_event(
     ``end`` is the ``time.time()`` when the response finished (now by default); ``ts`` is
     the request's start, ``end - duration_ms``, as an aware UTC datetime.
     """
-    item = capture(scope, status=status, duration_ms=duration_ms, consent=consent, end=end)
-    cols = EventBuilder(salts, hash_unconsented=hash_unconsented).rows([item])
+    builder = EventBuilder(salts, hash_unconsented=hash_unconsented)
+    cols = builder.rows([builder.capture(scope, status, duration_ms, consent, end)])
     event = {name: values[0] for name, values in cols.items()}
     start_us: int = event["ts"]
     event["ts"] = datetime.fromtimestamp(start_us // 1_000_000, UTC).replace(

@@ -6,19 +6,20 @@ the recorder."""
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consent_middleware.banner import BANNER_SCOPE_KEY, Banner
 from consent_middleware.cookies import (
     DEFAULT_MAX_AGE,
+    ConsentPayload,
     CookieCodec,
     CookiePolicy,
     SecretKey,
@@ -33,6 +34,7 @@ from consent_middleware.purposes import Mode, Purpose, PurposeRegistry
 from consent_middleware.ratelimit import RateLimiter
 from consent_middleware.receipt_links import add_link
 from consent_middleware.resolve import ConsentConfig, ConsentContext, resolve
+from consent_middleware.state import ConsentState
 from consent_middleware.stats import ConsentStats
 from consent_middleware.tombstones import ErasedIds
 
@@ -45,10 +47,46 @@ logger = logging.getLogger("consent_middleware")
 def gpc_signal(scope: Scope) -> bool:
     """Whether the request carries ``Sec-GPC: 1`` (exactly "1" after stripping; the first
     header counts). Any other value is no signal."""
-    for key, value in scope.get("headers", ()):
-        if key.lower() == b"sec-gpc":
-            return bool(value.strip() == b"1")
-    return False
+    return _cookie_and_gpc(scope.get("headers", ()))[1]
+
+
+def _cookie_and_gpc(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
+    """The ``Cookie`` header (several are joined with "; ") and the GPC signal, in one pass."""
+    raw: bytes | None = None
+    more: list[bytes] | None = None
+    gpc: bool | None = None
+    for key, value in headers:
+        name = key.lower()
+        if name == b"cookie":
+            if raw is None:
+                raw = value
+            else:  # rare (HTTP/2 may split the header): joined as a single one would be
+                more = [raw, value] if more is None else [*more, value]
+        elif name == b"sec-gpc" and gpc is None:
+            gpc = value.strip() == b"1"
+    if more is not None:
+        try:
+            raw = b"; ".join(more)
+        except TypeError:  # not bytes (against the ASGI spec): no readable cookie
+            raw = None
+    if type(raw) is not bytes:  # None, or not bytes: no readable cookie, as before
+        raw = bytes(raw) if isinstance(raw, bytearray | memoryview) else b""
+    return raw, gpc is True
+
+
+# Who answers a request (ConsentMiddleware._target): the app, or the middleware itself.
+_APP, _ASSET, _SETTINGS, _PRIVACY, _ENDPOINTS = range(5)
+_TARGETS_SIZE = 4096
+
+RESOLVED_CACHE_SIZE = 4096
+"""Resolved cookie headers remembered per middleware (bounded; the oldest is forgotten)."""
+
+RESOLVED_CACHE_MAX_HEADER = 4096
+"""Longer cookie headers are resolved every time (bounds the cache's memory)."""
+
+_Resolved: TypeAlias = tuple[ConsentPayload | None, ConsentState, bool, float, float]
+"""A remembered resolution: payload, state, whether the cookie was invalid, and the epoch
+seconds between which it holds (the cookie's validity window)."""
 
 
 class ConsentMiddleware:
@@ -165,6 +203,9 @@ class ConsentMiddleware:
             else None
         )
         self.banner = Banner(self.config, prefix=prefix, contact=contact)
+        self._clock = clock
+        self._resolved: dict[tuple[bytes, bool, bool], _Resolved] = {}
+        self._targets: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return (
@@ -183,75 +224,165 @@ class ConsentMiddleware:
         return self.config.registry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(scope, receive, send)
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:  # websockets pass through untouched
+                await self.app(scope, receive, send)
             return
-        if scope["type"] != "http":  # websockets pass through untouched
-            await self.app(scope, receive, send)
-            return
-        if self.banner.serves_asset(scope["path"]):  # static: no cookie read, none set
+        path = scope["path"]
+        target = self._targets.get(path)
+        if target is None:
+            target = self._target(path)
+        if target == _ASSET:  # static: no cookie read, none set
             await self.banner.asset(scope, receive, send)
             return
-        ctx = self.read(scope)
-        for decision in ctx.decisions:  # a GPC override made while reading
-            self._emit(decision)
-        ctx.decisions.clear()
-        if self.banner.handles(scope["path"]):
+        key = self._key(scope)
+        hit = self._remembered(key) if target == _APP else None
+        if hit is not None:  # the common case: no context object, nothing to write back
+            state, set_cookie = hit[1], None
+        else:
+            ctx = self._read(key)
+            if ctx.decisions:
+                for decision in ctx.decisions:  # a GPC override made while reading
+                    self._emit(decision)
+                ctx.decisions.clear()
+            state, set_cookie = ctx.state, ctx.set_cookie
+        if target == _APP:
+            scope[SCOPE_KEY] = state
+            scope[ENDPOINT_SCOPE_KEY] = self.prefix
+            scope[BANNER_SCOPE_KEY] = self.banner
+            await self._call_app(scope, receive, send, state, set_cookie)
+        elif target == _SETTINGS:
             await self.banner(scope, receive, send, ctx)
-            return
-        if self.privacy is not None and self.privacy.handles(scope["path"]):
+        elif target == _PRIVACY and self.privacy is not None:
             await self.privacy(scope, receive, send, ctx)
-            return
-        if self.endpoints.handles(scope["path"]):
+        else:
             await self.endpoints(scope, receive, send, ctx)
-            return
-        scope[SCOPE_KEY] = ctx.state
-        scope[ENDPOINT_SCOPE_KEY] = self.prefix
-        scope[BANNER_SCOPE_KEY] = self.banner
-        await self._call_app(scope, receive, send, ctx)
+
+    def _target(self, path: str) -> int:
+        """Who answers a request for ``path`` (remembered per path, bounded)."""
+        if self.banner.serves_asset(path):
+            target = _ASSET
+        elif self.banner.handles(path):
+            target = _SETTINGS
+        elif self.privacy is not None and self.privacy.handles(path):
+            target = _PRIVACY
+        elif self.endpoints.handles(path):
+            target = _ENDPOINTS
+        else:
+            target = _APP
+        if len(self._targets) >= _TARGETS_SIZE:
+            self._targets.clear()
+        self._targets[path] = target
+        return target
 
     def read(self, scope: Scope) -> ConsentContext:
-        """The consent context of an HTTP request; bad input means "no decision", never an error."""
-        gpc = gpc_signal(scope)
-        secure = self.cookie.is_secure(scope.get("scheme", "http"))
-        try:
-            raw = b"; ".join(v for k, v in scope.get("headers", ()) if k.lower() == b"cookie")
-            payload = None
-            candidates = cookie_values(raw, self.cookie.read_names())
-            for value in candidates:  # duplicates: the first one that verifies wins
-                payload = self.config.codec.decode(value)
-                if payload is not None:
-                    break
-            if candidates and payload is None:
+        """The consent context of an HTTP request; bad input means "no decision", never an error.
+
+        A visitor sends the same cookie header on every request, so the outcome of resolving
+        it is remembered (bounded, per cookie header, GPC signal and scheme) when resolving
+        it wrote nothing back and did not depend on the time except through the cookie's
+        validity window, which is checked again on every use, as is the erased-id list.
+        """
+        key = self._key(scope)
+        hit = self._remembered(key)
+        if hit is not None:
+            return ConsentContext(payload=hit[0], gpc=key[1], secure=key[2], state=hit[1])
+        return self._read(key)
+
+    def _key(self, scope: Scope) -> tuple[bytes, bool, bool]:
+        """What the consent of a request depends on: cookie header, GPC signal, scheme."""
+        raw, gpc = _cookie_and_gpc(scope.get("headers", ()))
+        return raw, gpc, self.cookie.is_secure(scope.get("scheme", "http"))
+
+    def _remembered(self, key: tuple[bytes, bool, bool]) -> _Resolved | None:
+        """The remembered resolution of ``key`` while it still holds, else None."""
+        hit = self._resolved.get(key)
+        if hit is None:
+            return None
+        payload, _, invalid, not_before, not_after = hit
+        aid = payload.aid if payload is not None else None
+        erased = self.erased
+        if not_before <= self._clock() <= not_after and (
+            aid is None or erased is None or not erased.contains(aid)
+        ):
+            if invalid:
                 self.stats.count_invalid_cookie()
-            erased = self.erased
-            if payload and payload.aid and erased is not None and erased.contains(payload.aid):
-                payload = None  # a replayed cookie of an erased id counts as no decision
-            return resolve(self.config, payload, gpc=gpc, secure=secure)
+            return hit
+        self._resolved.pop(key, None)  # expired or erased: resolve it afresh
+        return None
+
+    def _read(self, key: tuple[bytes, bool, bool]) -> ConsentContext:
+        try:
+            return self._resolve(key)
         except Exception:  # a bug here must not take the site down: fall back to defaults
             logger.exception("could not read the consent cookie; treating it as no decision")
-            return resolve(self.config, None, gpc=gpc, secure=secure)
+            return resolve(self.config, None, gpc=key[1], secure=key[2])
+
+    def _resolve(self, key: tuple[bytes, bool, bool]) -> ConsentContext:
+        """Verify the cookie header ``key[0]`` and resolve the state (the uncached path)."""
+        raw, gpc, secure = key
+        codec = self.config.codec
+        now = self._clock()
+        payload: ConsentPayload | None = None
+        not_before, not_after = -math.inf, math.inf
+        timeless = True  # does the outcome hold at any time (apart from the window)?
+        candidates = cookie_values(raw, self.cookie.read_names())
+        for value in candidates:  # duplicates: the first one that verifies and is fresh wins
+            verified = codec.verify(value)
+            if verified is None:
+                continue
+            window = codec.fresh_window(*verified)
+            if window[0] <= now <= window[1]:
+                payload = verified[0]
+                not_before, not_after = window
+                break
+            timeless = False  # expired, or not valid yet: another time may decide otherwise
+        invalid = bool(candidates) and payload is None
+        if invalid:
+            self.stats.count_invalid_cookie()
+        erased = self.erased
+        if payload and payload.aid and erased is not None and erased.contains(payload.aid):
+            payload = None  # a replayed cookie of an erased id counts as no decision
+            timeless = False  # never remembered: each request asks the erased-id list again
+        ctx = resolve(self.config, payload, gpc=gpc, secure=secure)
+        if (
+            timeless
+            and ctx.set_cookie is None
+            and not ctx.decisions
+            and len(raw) <= RESOLVED_CACHE_MAX_HEADER
+        ):
+            cache = self._resolved
+            if len(cache) >= RESOLVED_CACHE_SIZE:  # bounded: forget the oldest entry
+                cache.pop(next(iter(cache)), None)
+            cache[key] = (ctx.payload, ctx.state, invalid, not_before, not_after)
+        return ctx
 
     async def _call_app(
-        self, scope: Scope, receive: Receive, send: Send, ctx: ConsentContext
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        state: ConsentState,
+        set_cookie: str | None,
     ) -> None:
+        recorder = self.recorder
+        strip = self.cookie_purposes
+        if recorder is None and set_cookie is None and not strip:
+            await self.app(scope, receive, send)  # nothing to change on the way out
+            return
         status = 500  # stays 500 when the app raises before answering
         started = time.perf_counter()
-        recorder = self.recorder
-        if recorder is not None:
-            recorder.start()  # idempotent; covers servers without a lifespan
 
-        async def send_wrapper(message: Message) -> None:
+        # A plain function returning send's awaitable: no coroutine of its own per message.
+        def send_wrapper(message: Message) -> Awaitable[None]:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = message.setdefault("headers", [])
-                message["headers"] = strip_set_cookies(
-                    list(headers), self.cookie_purposes, ctx.state, self.stats
-                )
-                if ctx.set_cookie is not None:
-                    MutableHeaders(scope=message).append("set-cookie", ctx.set_cookie)
-            await send(message)
+                if strip or set_cookie is not None:
+                    self._rewrite_headers(message, state, set_cookie)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
@@ -259,8 +390,19 @@ class ConsentMiddleware:
             if recorder is not None:
                 duration_ms = (time.perf_counter() - started) * 1000.0
                 recorder.record_request(
-                    scope, status=status, duration_ms=duration_ms, consent=ctx.state
+                    scope, status=status, duration_ms=duration_ms, consent=state
                 )
+
+    def _rewrite_headers(
+        self, message: Message, state: ConsentState, set_cookie: str | None
+    ) -> None:
+        """Drop the app's ``Set-Cookie`` headers for purposes not granted; add ours."""
+        headers = list(message.get("headers", ()))
+        if self.cookie_purposes and any(k.lower() == b"set-cookie" for k, _ in headers):
+            headers = strip_set_cookies(headers, self.cookie_purposes, state, self.stats)
+        if set_cookie is not None:
+            headers.append((b"set-cookie", set_cookie.encode("latin-1")))
+        message["headers"] = headers
 
     async def _link_aid(self, receipt_id: str, aid: str) -> None:
         """Remember that ``aid`` belongs to ``receipt_id`` (for requests by post)."""

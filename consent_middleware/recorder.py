@@ -36,7 +36,7 @@ from typing import Any, TypeAlias
 import pyarrow as pa
 
 from consent_middleware.decision import Decision
-from consent_middleware.events import CapturedRequest, EventBuilder, capture
+from consent_middleware.events import CapturedRequest, EventBuilder
 from consent_middleware.ledger import LedgerRecord, LedgerWriter
 from consent_middleware.raw.salts import SaltStore
 from consent_middleware.sink import FileSink, Sink, WriteHealth
@@ -179,6 +179,8 @@ class _Rules:
         return self._glob is not None and self._glob(path) is not None
 
 
+_VERDICTS_SIZE = 4096  # paths whose include/exclude verdict is remembered
+
 _live: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
 
@@ -217,11 +219,13 @@ class Recorder:
         self._sink = sink
         self._ledger = ledger
         self._builder = EventBuilder(salts, hash_unconsented=self.options.hash_unconsented)
+        self._capture = self._builder.capture
         rules = PathFilter(self.options.include, (*self.options.exclude, *excluded_prefixes))
         self._wants: Callable[[str], bool] = rules.fast()
         self._enabled = self.options.enabled
         self._max_batch = self.options.max_batch
         self._max_buffer = self.options.max_buffer
+        self._verdicts: dict[str, bool] = {}  # path -> recorded? (the rules are fixed)
         self._lock = threading.Lock()
         self._init_process_state()
         _live.add(self)
@@ -300,7 +304,10 @@ class Recorder:
         """
         try:
             path = scope["path"]
-            if not self._enabled or not self._wants(path):
+            wanted = self._verdicts.get(path)
+            if wanted is None:
+                wanted = self._verdict(path)
+            if not wanted:
                 return
             if not self._running:
                 self.start()
@@ -308,16 +315,24 @@ class Recorder:
             queued = len(events)
             if queued >= self._max_batch:
                 failing = self._events_health.failing
-                if not failing:
+                if not failing and not self._wake.is_set():  # set() takes a lock: once is enough
                     self._wake.set()
                 # While the store refuses writes no room will come: drop without waiting.
                 if queued >= self._max_buffer and (failing or not self._wait_for_room(events)):
                     self._dropped += 1
                     return
-            events.append(capture(scope, status=status, duration_ms=duration_ms, consent=consent))
+            events.append(self._capture(scope, status, duration_ms, consent))
             self._recorded += 1
         except Exception as exc:  # recording must never break a response
             self._note_error(exc)
+
+    def _verdict(self, path: str) -> bool:
+        """Whether requests for ``path`` are recorded (remembered per path, bounded)."""
+        wanted = self._enabled and self._wants(path)
+        if len(self._verdicts) >= _VERDICTS_SIZE:
+            self._verdicts.clear()
+        self._verdicts[path] = wanted
+        return wanted
 
     def _wait_for_room(self, queue: deque[Any]) -> bool:
         self._drained.clear()
@@ -407,6 +422,13 @@ class Recorder:
 
     def _run(self) -> None:
         try:
+            try:
+                # Pay one-time costs now, not in the middle of the first flush: building
+                # an Arrow array from Python objects imports pandas (pyarrow looks for
+                # its types), hundreds of milliseconds holding the GIL.
+                self._builder.table([])
+            except Exception as exc:
+                self._note_error(exc)
             self._loop()
         finally:
             self._running = False
