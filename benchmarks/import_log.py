@@ -47,12 +47,16 @@ def generate(path: Path, lines: int, *, compress: bool) -> int:
     each copy brings new visitors, as more traffic would).
     """
     text = SAMPLE.read_text(encoding="utf-8")
-    opener = gzip.open if compress else open
     written = 0
     copy = 0
-    with opener(path, "wt", encoding="utf-8") as out:  # type: ignore[operator]
+    out = gzip.open(path, "wt", encoding="utf-8") if compress else path.open("w", encoding="utf-8")  # noqa: SIM115 (closed by the with below)
+    with out:
         while written < lines:
-            shifted = _FIRST_OCTET.sub(lambda m, k=copy: f"{(int(m[1]) + k) % 256}.", text)
+
+            def shift(match: re.Match[str], k: int = copy) -> str:
+                return f"{(int(match[1]) + k) % 256}."
+
+            shifted = _FIRST_OCTET.sub(shift, text)
             window = copy // COPIES_PER_WINDOW
             for day in SAMPLE_DAYS:
                 old = datetime(2015, 5, day, tzinfo=UTC)
@@ -71,9 +75,10 @@ def peak_rss_mb() -> float:
 
 
 def cpu_seconds() -> float:
-    """User plus system CPU time of this process so far (all threads)."""
+    """User plus system CPU time of this process so far (all threads), and of its finished
+    child processes (``import_log(processes=N)`` parses in worker processes)."""
     times = os.times()
-    return times.user + times.system
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def child_import(log: Path, raw: Path) -> dict[str, Any]:

@@ -5,13 +5,16 @@ fields may hold backslash escapes (``\\"``); fields after the user agent (as som
 append) are ignored. The "common" format is the same without the last two fields
 (:mod:`anonymizer.importers.common`).
 
-Python never loops over the lines. The usual line is cut at its double quotes and each
-piece is checked with a short regular expression; lines that do not fit that shape
-(escaped quotes, a quoted user name) go through one full regular expression instead.
+Python never loops over the lines. The double quotes of the usual line are found with
+NumPy on the block's bytes and its pieces are taken as string views of them, each checked
+with a short regular expression; lines that do not fit that shape (escaped quotes, a
+quoted user name) go through one full regular expression instead. Request lines are split
+once per distinct request (a log repeats the same few thousand).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import numpy as np
@@ -28,6 +31,7 @@ from anonymizer.importers.fields import (
     REASON_SYNTAX,
     REASON_TIMESTAMP,
     REQUEST_PATTERN,
+    null_where,
     rows_with_bytes,
 )
 
@@ -131,14 +135,22 @@ def clf_timestamps(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     return pa.array(ts, pa.int64()), pa.array(valid, pa.bool_())
 
 
-def _element(lists: pa.ListArray, k: int) -> pa.Array:
-    """Element ``k`` of each list, for rows known to have more than ``k`` elements
-    (other rows get an arbitrary value: the caller masks them)."""
-    flat = lists.flatten()
-    if len(flat) == 0:
-        return pa.nulls(len(lists), flat.type)
-    starts = lists.offsets.to_numpy()[:-1] + k
-    return flat.take(pa.array(np.minimum(starts, len(flat) - 1)))
+def _spans(lines: pa.Array, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
+    """Byte ranges ``[start, end)`` of the lines' data buffer, one per line, as strings.
+
+    The ranges are in line order and within their lines, so interleaved with the gaps
+    between them they are valid string offsets over the same buffer; one ``take`` keeps
+    the ranges. Each range starts and ends next to an ASCII byte (or a line boundary), so
+    it is whole UTF-8.
+    """
+    n = len(starts)
+    bounds = np.empty(2 * n + 1, np.int32)
+    bounds[0 : 2 * n : 2] = starts
+    bounds[1 : 2 * n : 2] = ends
+    bounds[2 * n] = ends[-1] if n else 0
+    data = lines.buffers()[2] or pa.py_buffer(b"")  # no data buffer: every line is empty
+    both = pa.StringArray.from_buffers(2 * n, pa.py_buffer(bounds), data)
+    return both.take(pa.array(np.arange(0, 2 * n, 2, dtype=np.int32)))
 
 
 def _matches(values: pa.Array, pattern: str) -> pa.Array:
@@ -148,7 +160,7 @@ def _matches(values: pa.Array, pattern: str) -> pa.Array:
 def _unescape(field: pa.Array) -> pa.Array:
     """Null for ``-`` or empty; ``\\"`` and ``\\\\`` escapes undone (in the rare rows with any)."""
     missing = pc.fill_null(pc.or_(pc.equal(field, "-"), pc.equal(field, "")), False)
-    field = pc.if_else(missing, pa.scalar(None, pa.string()), field)
+    field = null_where(field, missing)
     escaped = pa.array(rows_with_bytes(field, byte=ord("\\")), pa.bool_())
     if not pc.any(escaped).as_py():
         return field
@@ -157,47 +169,131 @@ def _unescape(field: pa.Array) -> pa.Array:
 
 
 def _fields(lines: pa.Array, with_agent: bool) -> tuple[dict[str, pa.Array], pa.Array]:
-    """Raw text fields of each line, and which lines have the format's shape at all."""
+    """Raw text fields of each line, and which lines have the format's shape at all.
+
+    A line of the usual shape has exactly 6 double quotes (2 in the common format); its
+    pieces between them are located with NumPy on the data buffer and checked as they
+    would be if the line were split at its quotes. Other lines are matched against the
+    full regular expression. Fields of lines of neither shape are meaningless.
+    """
     names = ["ip", "time", "request", "status"] + (["referrer", "user_agent"] if with_agent else [])
-    parts = pc.split_pattern(lines, '"')
-    count = pc.fill_null(pc.list_value_length(parts), 0)
-    piece = [_element(parts, k) for k in range(7 if with_agent else 3)]
-    # "ip ident user [time] " -> "ip ident user" and "time] "
-    host_time = pc.split_pattern(piece[0], " [", max_splits=1)
-    ip = _element(pc.split_pattern(_element(host_time, 0), " ", max_splits=1), 0)
-    time_text = pc.utf8_slice_codeunits(_element(host_time, 1), 0, -2)
+    quotes = 6 if with_agent else 2
+    n = len(lines)
+    offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + n + 1]
+    valid = lines.is_valid().to_numpy(zero_copy_only=False)
+    buffer = lines.buffers()[2]
+    data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    found = np.flatnonzero(data[offsets[0] : offsets[-1]] == ord('"')) + offsets[0]
+    per_line = np.bincount(np.searchsorted(offsets, found, side="right") - 1, minlength=n)
+    candidate = valid & (per_line[:n] == quotes)
+    rows = np.flatnonzero(candidate)
+    first = np.searchsorted(found, offsets[rows])
+    at = found[first[:, None] + np.arange(quotes)] if len(rows) else np.zeros((0, quotes), np.int32)
+    # Piece k of a candidate line: bytes between quote k-1 and quote k (line start, end).
+    line_start, line_end = offsets[:-1], offsets[1:]
+    piece_start = [line_start[rows]] + [at[:, k] + 1 for k in range(quotes)]
+    piece_end = [at[:, k] for k in range(quotes)] + [line_end[rows]]
+
+    def piece(k: int) -> pa.Array:
+        starts, ends = line_start.copy(), line_start.copy()  # empty for other lines
+        starts[rows], ends[rows] = piece_start[k], piece_end[k]
+        return _spans(lines, starts, ends)
+
+    def byte_at(where: np.ndarray) -> np.ndarray:
+        return data[np.minimum(where, len(data) - 1)] if len(data) else where
+
+    head, status_words = piece(0), piece(2)
+    ok = np.zeros(n, np.bool_)
     if with_agent:
-        shape = pc.and_(
-            pc.and_(pc.equal(count, 7), _matches(piece[2], r"^ \S+ \S+ $")),
-            pc.and_(
-                pc.fill_null(pc.equal(piece[4], " "), False),
-                # nothing after the user agent, or more fields after a space
-                pc.fill_null(pc.or_(pc.equal(piece[6], ""), pc.starts_with(piece[6], " ")), False),
-            ),
-        )
+        # piece 4 is " "; piece 6 is empty or starts with a space (fields after the agent)
+        ok[rows] = (piece_end[4] - piece_start[4] == 1) & (byte_at(piece_start[4]) == 32)
+        ok[rows] &= (piece_start[6] == piece_end[6]) | (byte_at(piece_start[6]) == 32)
+        words = r"^ \S+ \S+ $"
     else:
-        shape = pc.and_(pc.equal(count, 3), _matches(piece[2], r"^ \S+ \S+(?:\s.*)?$"))
-    simple = pc.and_(shape, _matches(piece[0], _HEAD))
+        ok[rows] = True
+        words = r"^ \S+ \S+(?:\s.*)?$"
+    shape = pc.and_(pa.array(ok), _matches(status_words, words))
+    simple = pc.and_(shape, _matches(head, _HEAD))
+    # "ip ident user [time] ": the IP ends at the first space, the time starts after the
+    # first " [" and ends before the closing "] ".
+    starts, ends = line_start.copy(), line_start.copy()
+    space = pc.find_substring(head, " ").to_numpy(zero_copy_only=False)
+    has = candidate & (space >= 0)
+    ends[has] = line_start[has] + space[has]
+    ip = _spans(lines, starts, ends)
+    starts, ends = line_start.copy(), line_start.copy()
+    bracket = pc.find_substring(head, " [").to_numpy(zero_copy_only=False)
+    head_end = line_start.copy()
+    head_end[rows] = piece_end[0]
+    has = candidate & (bracket >= 0) & (line_start + bracket + 2 <= head_end - 2)
+    starts[has] = line_start[has] + bracket[has] + 2
+    ends[has] = head_end[has] - 2
+    time_text = _spans(lines, starts, ends)
+    # " 200 1234 ": a valid status is the first word, of three bytes.
+    starts, ends = line_start.copy(), line_start.copy()
+    word = np.zeros(n, np.bool_)
+    word[rows] = (piece_end[2] - piece_start[2] >= 5) & (byte_at(piece_start[2] + 4) == 32)
+    status_at = np.zeros(n, np.int32)
+    status_at[rows] = piece_start[2] + 1
+    starts[word] = status_at[word]
+    ends[word] = status_at[word] + 3
     fields = {
         "ip": ip,
         "time": time_text,
-        "request": piece[1],
-        # " 200 1234 ": the status is the first word (its shape is checked by the caller)
-        "status": _element(pc.split_pattern(piece[2], " ", max_splits=2), 1),
+        "request": piece(1),
+        "status": _spans(lines, starts, ends),
     }
     if with_agent:
-        fields["referrer"], fields["user_agent"] = piece[3], piece[5]
+        fields["referrer"], fields["user_agent"] = piece(3), piece(5)
     complex_rows = pc.and_(pc.is_valid(lines), pc.invert(simple))
     matched = simple
     if pc.any(complex_rows).as_py():
         pattern = COMBINED_PATTERN if with_agent else COMMON_PATTERN
         slow = pc.extract_regex(lines.filter(complex_rows), pattern)
-        for name in names:
-            fields[name] = pc.replace_with_mask(
-                fields[name], complex_rows, pc.struct_field(slow, name)
-            )
-        matched = pc.replace_with_mask(simple, complex_rows, pc.is_valid(slow))
+        slow_ok = pc.is_valid(slow)
+        # Most complex rows are junk that the full pattern rejects too: their fields are
+        # never read (the line is rejected as a syntax error), so copy fields in only
+        # when some complex row did match.
+        if pc.any(slow_ok).as_py():
+            for name in names:
+                fields[name] = pc.replace_with_mask(
+                    fields[name], complex_rows, pc.struct_field(slow, name)
+                )
+        matched = pc.replace_with_mask(simple, complex_rows, slow_ok)
     return fields, matched
+
+
+_REQUEST: Final = re.compile(REQUEST_PATTERN, re.ASCII)  # RE2's \d and \s are ASCII-only
+_CACHE_LIMIT: Final = 200_000
+_requests: dict[str, tuple[str, str] | None] = {}
+"""Request line to (method, target), or None when it is not one: shared by every import
+(a pure function of the text), cleared when it grows past :data:`_CACHE_LIMIT`."""
+
+
+def split_requests(requests: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Method and target of each HTTP request line (both null when it is not one).
+
+    The same as Arrow's ``extract_regex`` with :data:`REQUEST_PATTERN`, but run once per
+    distinct request line: a log repeats the same few thousand requests.
+    """
+    encoded = pc.dictionary_encode(requests)
+    if len(_requests) > _CACHE_LIMIT:
+        _requests.clear()
+    methods: list[str | None] = []
+    targets: list[str | None] = []
+    missing = (None, None)
+    for text in encoded.dictionary.to_pylist():
+        found = _requests.get(text, missing)  # one lookup: another thread may clear it
+        if found is missing:
+            match = _REQUEST.fullmatch(text)
+            found = _requests[text] = None if match is None else (match[1], match[2])
+        method, target = found or missing
+        methods.append(method)
+        targets.append(target)
+    return (
+        pc.take(pa.array(methods, pa.string()), encoded.indices),
+        pc.take(pa.array(targets, pa.string()), encoded.indices),
+    )
 
 
 def parse_clf_batch(lines: pa.Array, *, with_agent: bool) -> tuple[pa.Table, pa.Array]:
@@ -210,12 +306,12 @@ def parse_clf_batch(lines: pa.Array, *, with_agent: bool) -> tuple[pa.Table, pa.
     ts, time_ok = clf_timestamps(fields["time"])
     status_ok = _matches(fields["status"], r"^[1-5][0-9][0-9]$")
     status = pc.cast(pc.if_else(status_ok, fields["status"], "0"), pa.int32())
-    request = pc.extract_regex(fields["request"], "^" + REQUEST_PATTERN + "$")
+    method, target = split_requests(fields["request"])
     checks = pc.case_when(
         pc.make_struct(
             pc.invert(time_ok),
             pc.invert(status_ok),
-            pc.invert(pc.is_valid(request)),
+            pc.is_null(method),
             field_names=["time", "status", "request"],
         ),
         REASON_TIMESTAMP,
@@ -228,8 +324,8 @@ def parse_clf_batch(lines: pa.Array, *, with_agent: bool) -> tuple[pa.Table, pa.
     nulls = pa.nulls(n, pa.string())
     columns = [
         ts,
-        pc.struct_field(request, "method"),
-        pc.struct_field(request, "target"),
+        method,
+        target,
         status,
         pa.nulls(n, pa.float64()),
         _unescape(fields["referrer"]) if with_agent else nulls,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,6 +27,9 @@ _US_PER_DAY: Final = 86_400_000_000
 _SEP: Final = "\x1f"  # cannot occur in a field: lines with control characters are rejected
 _CACHE_LIMIT: Final = 200_000
 """Entries kept per lookup cache before it is cleared (bounds memory on adversarial logs)."""
+
+_CODE_LIMIT: Final = 1 << 62
+"""Largest integer key of a (day, IP, agent, host) combination before keys are renumbered."""
 
 Target = tuple[str | None, ...] | None
 """Scrubbed path followed by the five ``utm_*`` values; None for an unparseable target."""
@@ -110,27 +114,79 @@ class EventBuilder:
         """``visitor_hash`` per row, computed once per distinct (day, IP, user agent, host).
 
         Bit for bit :func:`consent_middleware.raw.salts.visitor_hash` (a test holds them
-        together), with the message assembled by Arrow and one HMAC call per distinct key.
+        together). The distinct keys are found on integer codes (each text column encoded
+        once), so only one HMAC per distinct key runs in Python; rows without an IP get none.
         """
-        day = pc.cast(pc.divide(parsed["ts"], _US_PER_DAY), pa.string())
-        host = pc.utf8_lower(pc.fill_null(parsed["host"], self._site_host))
-        keys = pc.binary_join_element_wise(
-            day, parsed["ip"], pc.fill_null(parsed["user_agent"], ""), host, _SEP
-        )
-        encoded = _encode(pc.cast(keys, pa.binary()))
-        hashes: list[str] = []
-        pads: dict[bytes, tuple[Any, Any]] = {}
-        for key in encoded.dictionary.to_pylist():
-            day_text, message = key.split(b"\x1f", 1)
-            pad = pads.get(day_text)
+        ips = _encode(parsed["ip"])
+        agents = _encode(pc.fill_null(parsed["user_agent"], ""))
+        if parsed["host"].null_count == len(parsed):  # the usual case: no host in the log
+            hosts = pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(len(parsed), np.int32)), pa.array([self._site_host])
+            )
+        else:
+            hosts = _encode(pc.utf8_lower(pc.fill_null(parsed["host"], self._site_host)))
+        days = parsed["ts"].to_numpy() // _US_PER_DAY
+        day_base = int(days.min())
+        # One integer per row for (day, IP, agent, host): mixed radix, each digit shifted
+        # by one so that a missing IP is 0; renumbered densely before it could overflow.
+        codes = days - day_base
+        size = int(codes.max()) + 1
+        radixes: list[int] = []
+        renumbered = False
+        for encoded in (ips, agents, hosts):
+            radix = len(encoded.dictionary) + 1
+            if size * radix >= _CODE_LIMIT:
+                codes = pc.dictionary_encode(pa.array(codes)).indices.to_numpy().astype(np.int64)
+                size, renumbered = int(codes.max()) + 1, True
+            digit = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False) + 1
+            codes = codes * radix + digit
+            size *= radix
+            radixes.append(radix)
+        keys = pc.dictionary_encode(pa.array(codes))
+        distinct = keys.dictionary.to_numpy()
+        if renumbered:  # read each key's parts back from its first row
+            first = np.full(len(distinct), len(codes), np.int64)
+            np.minimum.at(first, keys.indices.to_numpy(), np.arange(len(codes)))
+            digits = [days[first] - day_base] + [
+                e.indices.fill_null(-1).to_numpy(zero_copy_only=False)[first] + 1
+                for e in (ips, agents, hosts)
+            ]
+        else:
+            digits = []
+            for radix in reversed(radixes):
+                distinct, digit = np.divmod(distinct, radix)
+                digits.insert(0, digit)
+            digits.insert(0, distinct)
+        ip_text = ips.dictionary.to_pylist()
+        agent_text = agents.dictionary.to_pylist()
+        host_text = hosts.dictionary.to_pylist()
+        hashes: list[str | None] = []
+        pads: dict[int, tuple[Any, Any]] = {}
+        for day, ip, agent, host in zip(*(d.tolist() for d in digits), strict=True):
+            if ip == 0:  # no IP: no hash
+                hashes.append(None)
+                continue
+            pad = pads.get(day)
             if pad is None:
-                pad = pads[day_text] = _hmac_pads(self._salt(int(day_text)))
+                pad = pads[day] = _hmac_pads(self._salt(day + day_base))
+            message = f"{ip_text[ip - 1]}{_SEP}{agent_text[agent - 1]}{_SEP}{host_text[host - 1]}"
             inner = pad[0].copy()
-            inner.update(message)
+            inner.update(message.encode("utf-8", "surrogateescape"))
             outer = pad[1].copy()
             outer.update(inner.digest())
             hashes.append(outer.hexdigest()[:32])
-        return pc.take(pa.array(hashes, pa.string()), encoded.indices)
+        return pc.take(pa.array(hashes, pa.string()), keys.indices)
+
+    @staticmethod
+    def _reduce(
+        column: pa.ChunkedArray, cache: dict[str, str | None], make: Callable[[str], str | None]
+    ) -> pa.Array:
+        """``make`` of each value of a text column, once per distinct value; nulls stay null."""
+        if column.null_count == len(column):  # e.g. no Accept-Language in the log format
+            return pa.nulls(len(column), pa.string())
+        encoded = _encode(column)
+        reduced = _lookup(encoded.dictionary.to_pylist(), cache, make)
+        return pc.take(pa.array(reduced, pa.string()), encoded.indices)
 
     def build(self, parsed: pa.Table) -> pa.Table:
         """Raw events in :data:`RAW_EVENT_SCHEMA` from accepted parsed lines.
@@ -147,10 +203,8 @@ class EventBuilder:
         split = [self._targets.get(t) or split_target(t) for t in targets.dictionary.to_pylist()]
         parts = list(zip(*split, strict=True)) if split else [()] * (1 + len(UTM_FIELDS))
         by_part = [pc.take(pa.array(p, pa.string()), targets.indices) for p in parts]
-        referrers = _encode(parsed["referrer"])
-        hosts = _lookup(referrers.dictionary.to_pylist(), self._referrers, referrer_host)
-        languages = _encode(parsed["accept_language"])
-        tags = _lookup(languages.dictionary.to_pylist(), self._languages, primary_language)
+        referrer = self._reduce(parsed["referrer"], self._referrers, referrer_host)
+        language = self._reduce(parsed["accept_language"], self._languages, primary_language)
         columns: dict[str, pa.Array] = {
             "ts": pc.cast(parsed["ts"].chunk(0), RAW_EVENT_SCHEMA.field("ts").type),
             "method": parsed["method"].chunk(0),
@@ -158,11 +212,11 @@ class EventBuilder:
             "duration_ms": parsed["duration_ms"].chunk(0),
             "path": by_part[0],
             **dict(zip(UTM_FIELDS, by_part[1:], strict=True)),
-            "referrer_host": pc.take(pa.array(hosts, pa.string()), referrers.indices),
+            "referrer_host": referrer,
             "user_agent": parsed["user_agent"].chunk(0),
-            "language": pc.take(pa.array(tags, pa.string()), languages.indices),
+            "language": language,
             "visitor_hash": self._visitor_hashes(parsed),
-            "source": pa.array([self._source] * n, pa.string()),
+            "source": pa.array([self._source], pa.string()).take(np.zeros(n, np.int32)),
         }
         arrays = [columns.get(f.name, pa.nulls(n, f.type)) for f in RAW_EVENT_SCHEMA]
         return pa.Table.from_arrays(arrays, schema=RAW_EVENT_SCHEMA)

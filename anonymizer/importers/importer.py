@@ -3,12 +3,13 @@ batches, with every line accounted for (imported, rejected with its number, or b
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, Literal, NamedTuple, get_args
@@ -33,6 +34,7 @@ from anonymizer.importers.fields import (
     REASON_FIELD,
     REASON_TOO_LONG,
     has_control_chars,
+    null_where,
     rows_with_bytes,
 )
 from anonymizer.importers.lines import (
@@ -69,6 +71,7 @@ the log, and keeps segments few and large (each write splits by UTC day)."""
 WORKERS: Final = min(4, os.cpu_count() or 1)
 """Threads parsing chunks: most of the work is in Arrow kernels, outside the GIL."""
 
+
 REASON_CORRUPT: Final = "corrupt or truncated compressed data (rest of file skipped)"
 
 
@@ -80,6 +83,7 @@ def import_log(
     site_host: str = "unknown",
     progress: bool | None = None,
     batch_rows: int = BATCH_ROWS,
+    processes: int = 0,
 ) -> ImportReport:
     """Parse access logs into raw events in RAW (``events/date=.../import-<fmt>-*.parquet``).
 
@@ -89,6 +93,10 @@ def import_log(
     the referrer to its host. Files may be gzip-compressed (recognised by content, not
     name). Malformed lines are counted in the report with their line numbers and never
     reach RAW. ``progress`` shows a bar on stderr (default: when stderr is a terminal).
+    ``processes`` > 0 parses in that many worker processes instead of threads of this
+    process: the same result, the per-distinct Python work (scrubbing, hashing) no longer
+    shares one GIL, but blocks and events are copied between processes (about 50% more CPU
+    in all), which pays only on otherwise idle cores.
 
     Raises :class:`ImportLogError` for an unknown format or a missing or unreadable file,
     before anything is written.
@@ -105,17 +113,24 @@ def import_log(
     if has_control_chars(site_host):
         raise ImportLogError(f"site host {site_host!r} holds control characters; fix --site-host")
     report = ImportReport()
-    builder = EventBuilder(raw_dir, source=fmt, site_host=site_host.lower())
-    parse = PARSERS[fmt]
     pending: list[pa.Table] = []
     started = time.perf_counter()
 
     def write(force: bool) -> None:
+        # Full batches of ``batch_rows`` events (one chunk may hold several); at the end,
+        # whatever is left. The rest of a chunk waits for the next batch.
         rows = sum(t.num_rows for t in pending)
-        if rows and (force or rows >= batch_rows):
-            table = pa.concat_tables(pending)
-            pending.clear()
-            report.segments.extend(write_segment(raw_dir, table, prefix=f"import-{fmt}"))
+        if not rows or (rows < batch_rows and not force):
+            return
+        table = pa.concat_tables(pending)
+        pending.clear()
+        start = 0
+        while rows - start >= batch_rows or (force and start < rows):
+            batch = table.slice(start, batch_rows)
+            report.segments.extend(write_segment(raw_dir, batch, prefix=f"import-{fmt}"))
+            start += batch.num_rows
+        if start < rows:
+            pending.append(table.slice(start))
 
     def finish(result: _ChunkResult) -> None:
         _record(result, report)
@@ -123,17 +138,18 @@ def import_log(
             pending.append(result.events)
             write(force=False)
 
-    # Chunks are parsed on worker threads (Arrow kernels release the GIL) while this thread
+    # Chunks are parsed by workers (threads, or processes for large inputs) while this thread
     # reads ahead and writes segments; results are taken strictly in file order, so line
     # numbers, the first rejects and the segments come out as a sequential run would.
-    with _progress_bar(progress) as bar, ThreadPoolExecutor(WORKERS) as pool:
+    with _workers(raw_dir, fmt, site_host, processes) as submit, _progress_bar(progress) as bar:
+        ahead = max(processes, WORKERS) + 1  # chunks queued: each holds 4 MiB of lines
         for path in paths:
             size = path.stat().st_size
             task = None if bar is None else bar.add_task(path.name, total=size)
             in_flight: deque[Future[_ChunkResult]] = deque()
             for chunk in _file_chunks(path):
-                in_flight.append(pool.submit(_import_chunk, chunk, parse, builder))
-                if len(in_flight) > 2 * WORKERS:
+                in_flight.append(submit(chunk))
+                if len(in_flight) > ahead:
                     finish(in_flight.popleft().result())
                 if bar is not None and task is not None:
                     bar.update(task, completed=chunk.position)
@@ -162,6 +178,55 @@ class _ChunkResult(NamedTuple):
     reasons: pa.Array  # per line: why it was rejected, or null
     blank: int
     imported: int
+
+
+_worker: tuple[BatchParser, EventBuilder] | None = None
+"""The parser and event builder of this process's import (see :func:`_workers`)."""
+
+
+def _start_worker(raw_dir: str | Path, fmt: str, site_host: str) -> None:
+    """Set up a worker process to import chunks of one import."""
+    global _worker
+    _worker = (PARSERS[fmt], EventBuilder(raw_dir, source=fmt, site_host=site_host.lower()))
+
+
+def _work(chunk: _Chunk) -> _ChunkResult:
+    """Import one chunk in a worker process; the block is not sent back (not needed)."""
+    assert _worker is not None, "_start_worker was not called"
+    result = _import_chunk(chunk, *_worker)
+    return result._replace(chunk=chunk._replace(block=None))
+
+
+Submit = Callable[[_Chunk], "Future[_ChunkResult]"]
+
+
+@contextmanager
+def _workers(raw_dir: str | Path, fmt: str, site_host: str, processes: int) -> Iterator[Submit]:
+    """A function that hands a chunk to a worker: threads sharing one builder, or
+    ``processes`` processes with one builder each.
+
+    Processes are forked (a fork server or spawn would re-run the caller's main module) all
+    at once, before the pool starts its own thread and before the progress bar starts its
+    thread (see :func:`import_log`); Arrow resets its thread pools in a forked child. Where
+    fork does not exist (Windows), threads do the work.
+    Each process has its own caches, and all of them share the day salts on disk, so
+    every process computes the same ``visitor_hash`` for the same visitor.
+    """
+    if processes <= 0 or "fork" not in multiprocessing.get_all_start_methods():
+        parse = PARSERS[fmt]
+        builder = EventBuilder(raw_dir, source=fmt, site_host=site_host.lower())
+        with ThreadPoolExecutor(WORKERS) as threads:
+            yield lambda chunk: threads.submit(_import_chunk, chunk, parse, builder)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(
+        processes,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(str(raw_dir), fmt, site_host),
+    ) as pool:
+        pool.submit(int).result()  # fork every worker now, before this import starts threads
+        yield lambda chunk: pool.submit(_work, chunk)
 
 
 def _file_chunks(path: Path) -> Iterator[_Chunk]:
@@ -195,19 +260,26 @@ def _import_chunk(chunk: _Chunk, parse: BatchParser, builder: EventBuilder) -> _
     lines = block_lines(chunk.block)
     if pc.any(pc.ends_with(lines, "\r")).as_py():  # CRLF line endings
         lines = pc.utf8_rtrim(lines, characters="\r")
-    too_long = pc.fill_null(pc.greater(pc.binary_length(lines), MAX_LINE_BYTES), True)
-    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(lines), ""), False)
+    length = pc.binary_length(lines)
+    too_long = pc.fill_null(pc.greater(length, MAX_LINE_BYTES), True)
+    # Empty or all (Unicode) whitespace: the same as trimming to "", without a copy.
+    blank = pc.fill_null(pc.or_(pc.equal(length, 0), pc.utf8_is_space(lines)), False)
     binary = pa.array(rows_with_bytes(lines, control=True), pa.bool_())
     skip = pc.or_(pc.or_(too_long, blank), binary)
-    parsed, reasons = parse(pc.if_else(skip, pa.scalar(None, pa.string()), lines))
+    parsed, reasons = parse(null_where(lines, skip))
     reasons = pc.coalesce(
         pc.if_else(too_long, REASON_TOO_LONG, pc.if_else(binary, REASON_BINARY, None)), reasons
     )
     accepted = pc.and_(pc.is_null(reasons), pc.invert(blank))
-    target_ok = builder.targets_ok(pc.if_else(accepted, parsed["target"], None))
+    every = pc.all(accepted).as_py()  # the usual chunk: no copies to leave lines out
+    target_ok = builder.targets_ok(
+        parsed["target"] if every else null_where(parsed["target"], pc.invert(accepted))
+    )
     reasons = pc.if_else(pc.and_(accepted, pc.invert(target_ok)), REASON_FIELD, reasons)
     accepted = pc.and_(accepted, target_ok)
-    events = builder.build(parsed.filter(accepted))
+    events = builder.build(
+        parsed if every and pc.all(target_ok).as_py() else parsed.filter(accepted)
+    )
     blank_count = pc.sum(blank).as_py() or 0
     return _ChunkResult(chunk, events, reasons, blank_count, events.num_rows)
 

@@ -19,8 +19,12 @@ from anonymizer.importers.report import ImportLogError
 MAX_LINE_BYTES: Final = 16 * 1024
 """Lines longer than this are rejected: no access log line is that long honestly."""
 
-CHUNK_BYTES: Final = 1 << 21
-"""Bytes read at a time; the lines of one read are parsed together."""
+CHUNK_BYTES: Final = 1 << 22
+"""Bytes read at a time; the lines of one read are parsed together. Large blocks matter:
+the work done once per distinct value (requests, paths, referrers, user agents, visitors)
+and once per Arrow call is done per block. On the benchmark log, 4 MiB blocks take 10%
+less CPU than 2 MiB ones, for 70 MB more peak memory; 8 MiB ones save no more CPU and
+cost another 110 MB."""
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 
