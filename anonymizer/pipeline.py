@@ -28,8 +28,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -423,14 +425,18 @@ def _remove_leftovers(raw: Path, stats: Path) -> None:
 def _screen(work: _Run, segments: list[Path], seen: Mapping[str, list[int]]) -> list[Path]:
     """The segments safe to read: each one not seen before (or changed since) is checked in
     full first, and a damaged one is quarantined, never read by the engine."""
+    unchecked = [
+        segment
+        for segment in segments
+        if segment.is_symlink()
+        or seen.get(str(segment.relative_to(work.raw_dir))) != _file_stamp(segment)
+    ]
+    # Checks decode in Arrow, outside the GIL: two segments at a time use both cores.
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        problems = dict(zip(unchecked, pool.map(check_segment, unchecked), strict=True))
     kept = []
     for segment in segments:
-        if not segment.is_symlink() and seen.get(
-            str(segment.relative_to(work.raw_dir))
-        ) == _file_stamp(segment):
-            kept.append(segment)
-            continue
-        problem = check_segment(segment)
+        problem = problems.get(segment)
         if problem is None:
             kept.append(segment)
         else:
@@ -501,7 +507,9 @@ def _run_steps(
         key = _partition_date(seg)
         if key is not None:
             by_partition.setdefault(key, []).append(seg)
-    batches = _batches(sorted(todo), by_partition, engine, work.options.batch_events, new_days)
+    batches = _batches(
+        sorted(todo), by_partition, engine, work.options.batch_events, new_days, set(new)
+    )
     for index, days in enumerate(batches):
         if progress:
             progress(f"days {days[0].isoformat()}..{days[-1].isoformat()}", index, len(batches))
@@ -544,14 +552,18 @@ def _batches(
     engine: Engine,
     batch_events: int,
     new_counts: Mapping[date, int],
+    new: Collection[Path] = (),
 ) -> list[list[date]]:
     """Consecutive days grouped so that each batch holds about ``batch_events`` events:
     fewer, larger queries, with memory still bounded by the batch size."""
     if not days:
         return []
     counts = dict(new_counts)
-    if sum(counts.get(d, 0) for d in days) > batch_events:
-        counts = engine.local_days(_covering(days, by_partition))  # old segments count too
+    covering = _covering(days, by_partition)
+    if sum(counts.get(d, 0) for d in days) > batch_events and not set(covering) <= set(new):
+        # Old segments count too (when every covering segment is new, ``new_counts``
+        # already counted all of them: a day's events are only in its +-1 partitions).
+        counts = engine.local_days(covering)
     batches: list[list[date]] = [[]]
     size = 0
     for day in days:

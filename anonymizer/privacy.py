@@ -17,6 +17,7 @@ aggregated without any threshold (the noisy threshold is applied to the noisy co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from anonymizer.tables.base import TableDef
@@ -56,27 +57,66 @@ def table_sql(table: TableDef, *, k: int, max_pageviews: int) -> str:
         select = ", ".join(measures.get(c, c) + f" AS {c}" for c in table.column_names)
         group = ", ".join(keys)
         return f"SELECT {select} FROM ({source}) AS src {gate} GROUP BY {group} ORDER BY {order}"
-    folded = []
-    for dim in table.dimensions:
-        other = "NULL" if dim in table.numeric_dimensions else f"'{OTHER}'"
-        folded.append(f"CASE WHEN group_size >= {k} THEN {dim} ELSE {other} END AS f_{dim}")
-    # Folded dimensions get an ``f_`` prefix so they never clash with the source's columns.
-    outputs = {dim: f"f_{dim}" for dim in table.dimensions} | measures
-    select = ", ".join(outputs.get(c, c) + f" AS {c}" for c in table.column_names)
-    group = ", ".join((table.partition, *(f"f_{dim}" for dim in table.dimensions)))
-    # Group sizes by GROUP BY and a null-safe join: cheaper than a window, and portable
-    # (IS NOT DISTINCT FROM is Spark's <=>).
+    # Every cell's size and measures in one aggregation. A cell of at least k visitors is
+    # published as it is, unless all its dimension values equal the ``(other)`` values:
+    # then it merges with the folded row, as it would by folding every cell first. Only the
+    # source rows of the remaining cells (small ones, usually few) are aggregated again,
+    # per partition, into the ``(other)`` row. Same rows as folding every row, at one
+    # aggregation over the source instead of two and a join.
+    others = {
+        dim: "NULL" if dim in table.numeric_dimensions else f"'{OTHER}'" for dim in table.dimensions
+    }
     key_list = ", ".join(keys)
-    on = " AND ".join(f"src.{key} IS NOT DISTINCT FROM sizes.{key}" for key in keys)
+    # A visitor-grain source has one row per visitor and cell: per cell, the distinct
+    # count is a plain count, without a hash table of visitors per cell.
+    distinct = "COUNT(DISTINCT visitor)"
+    per_cell = "COUNT(visitor)" if table.grain == "visitor" else distinct
+    cell_size = _threshold(table).replace(distinct, per_cell)
+    # Output rounding stays in the outermost SELECT, where the Spark transpiler expects it
+    # (:mod:`anonymizer.engines.sql` rounds those columns like DuckDB after the query).
+    rounded = {name: _split_round(expr) for name, expr in table.measures}
+    cell_measures = "".join(
+        f", {rounded[name][0].replace(distinct, per_cell)} AS m_{name}" for name in measures
+    )
+    kept = ", ".join((f"m_{c}" if c in measures else c) + f" AS {c}" for c in names)
+    folded = ", ".join(
+        others.get(c, rounded[c][0] if c in measures else c) + f" AS {c}" for c in names
+    )
+    final = ", ".join(
+        (f"ROUND({c}, {rounded[c][1]})" if c in rounded and rounded[c][1] else c) + f" AS {c}"
+        for c in names
+    )
+    merges = (
+        " AND ".join(f"{dim} IS NOT DISTINCT FROM {other}" for dim, other in others.items())
+        or "FALSE"
+    )
+    # Null-safe join (IS NOT DISTINCT FROM is Spark's <=>); ``fold`` has one row per cell.
+    on = " AND ".join(f"src.{key} IS NOT DISTINCT FROM fold.{key}" for key in keys)
     return (
         f"WITH src AS (SELECT * FROM ({source}) AS s {gate}), "
-        f"sizes AS (SELECT {key_list}, {_threshold(table)} AS group_size FROM src"
-        f" GROUP BY {key_list}), "
-        f"sized AS (SELECT src.*, sizes.group_size FROM src JOIN sizes ON {on}), "
-        f"folded AS (SELECT sized.*, {', '.join(folded)} FROM sized) "
-        f"SELECT {select} FROM folded GROUP BY {group} "
-        f"HAVING {_threshold(table)} >= {k} ORDER BY {order}"
+        f"cells AS (SELECT {key_list}, {cell_size} AS group_size{cell_measures}"
+        f" FROM src GROUP BY {key_list}), "
+        f"fold AS (SELECT {key_list} FROM cells WHERE group_size < {k} OR ({merges})), "
+        f"small AS (SELECT src.* FROM src JOIN fold ON {on}), "
+        f"published AS (SELECT {kept} FROM cells WHERE group_size >= {k} AND NOT ({merges})"
+        f" UNION ALL SELECT {folded} FROM small GROUP BY {table.partition}"
+        f" HAVING {_threshold(table)} >= {k}) "
+        f"SELECT {final} FROM published ORDER BY {order}"
     )
+
+
+def _split_round(expr: str) -> tuple[str, str | None]:
+    """``ROUND(inner, d)`` as ``(inner, d)``; any other expression as ``(expr, None)``."""
+    match = re.fullmatch(r"ROUND\((.*), (\d+)\)", expr.strip(), flags=re.DOTALL)
+    if match is None:
+        return expr, None
+    inner = match.group(1)
+    depth = 0
+    for char in inner:  # ROUND(a, 1) + ROUND(b, 2) is no single ROUND
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return expr, None
+    return (inner, match.group(2)) if depth == 0 else (expr, None)
 
 
 def bounded_sql(

@@ -5,7 +5,10 @@ whole Parquet file in the raw-event contract: not empty, Parquet magic at both e
 that decodes, every :data:`RAW_EVENT_SCHEMA` column with its type, every row group decoding,
 no null in a required column, and every ``ts`` on the UTC date its ``date=`` folder names
 (segments are split by UTC date, so a row elsewhere is a corrupted timestamp). The full read
-costs about 0.2 s per million events, a few percent of a run.
+decodes every page of every column; string columns are read as dictionary arrays (their
+pages decode just the same, without materialising each value) and each batch is then fully
+validated, which also bounds-checks the dictionary indices a dense read would have resolved.
+A run checks two new segments at a time: about 0.1 s per million events on two cores.
 
 A segment that fails is moved by :func:`quarantine` to
 ``RAW/quarantine/<reason>/date=YYYY-MM-DD/<name>`` with a JSON note beside it (what failed,
@@ -46,6 +49,20 @@ REASONS: Final[dict[str, str]] = {
 """Quarantine reasons (the folder names under ``RAW/quarantine/``) and what they mean."""
 
 _REQUIRED = tuple(f.name for f in RAW_EVENT_SCHEMA if not f.nullable)
+_UNIQUE_PER_VISITOR = frozenset({"visitor_hash", "aid"})
+_AS_DICTIONARY = tuple(
+    f.name if pa.types.is_string(f.type) else f"{f.name}.list.element"
+    for f in RAW_EVENT_SCHEMA
+    if f.name not in _UNIQUE_PER_VISITOR
+    and (
+        pa.types.is_string(f.type)
+        or (pa.types.is_list(f.type) and pa.types.is_string(f.type.value_type))
+    )
+)
+"""String columns (and string list elements) decoded as dictionaries: about half the cost of
+building one string per value, and the checks need no value itself. Not the ids: with one
+value per visitor their pages fall back to plain encoding, which a dictionary read would
+have to hash value by value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +158,11 @@ def check_segment(path: Path) -> Problem | None:
     if size < 12 or tail != MAGIC:
         return Problem("truncated", f"{size} bytes, no footer at the end")
     try:
-        parquet = pq.ParquetFile(path)
-        problem = _check_schema(parquet.schema_arrow)
+        problem = _check_schema(pq.ParquetFile(path).schema_arrow)
         if problem:
             return problem
+        # Opened again (the footer only) to decode the strings as dictionaries.
+        parquet = pq.ParquetFile(path, read_dictionary=list(_AS_DICTIONARY))
         start_dt = datetime.combine(day, time(), UTC)
         ts_type = RAW_EVENT_SCHEMA.field("ts").type
         start = pa.scalar(start_dt, ts_type)
@@ -154,6 +172,7 @@ def check_segment(path: Path) -> Problem | None:
             batch_size=READ_BATCH_ROWS, columns=list(RAW_EVENT_SCHEMA.names)
         ):
             rows += batch.num_rows
+            batch.validate(full=True)  # dictionary indices in bounds, offsets, UTF-8
             problem = _check_rows(batch, start, end)
             if problem:
                 return problem

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from anonymizer.engines import views
 from anonymizer.engines.views import sql_string as _sql_string
@@ -44,6 +45,30 @@ def _file_list(files: Sequence[Path]) -> str:
 
 def _parquet_scan(files: Sequence[Path]) -> str:
     return f"read_parquet({_file_list(files)}, union_by_name = true)"
+
+
+_SUMMARY_SETS = ("d", "policy_version", "user_agent", "referrer_host", "path")
+
+
+def _summary_sql(timezone: str) -> str:
+    """One scan of ``raw`` for what :mod:`anonymizer.engines.views` asks in five queries
+    (:func:`~anonymizer.engines.views.day_counts_sql`, ``POLICY_VERSIONS_SQL``,
+    ``DISTINCT_USER_AGENTS_SQL``, ``DISTINCT_REFERRERS_SQL``, ``DISTINCT_PATHS_SQL``): the
+    Parquet files are read and filtered once instead of five times. A ``g_<column>`` flag
+    of 0 marks the rows of the grouping set of that column."""
+    flags = ", ".join(f"GROUPING({c}) AS g_{c}" for c in _SUMMARY_SETS)
+    sets = ", ".join(f"({c})" for c in _SUMMARY_SETS)
+    return (
+        f"SELECT {', '.join(_SUMMARY_SETS)}, COUNT(*) AS n,"
+        f" bool_and(source = {_sql_string(views.MIDDLEWARE_SOURCE)}) AS recorded, {flags}"
+        f" FROM (SELECT CAST({views.local_time('ts', timezone)} AS DATE) AS d, * FROM raw)"
+        f" AS r GROUP BY GROUPING SETS ({sets})"
+    )
+
+
+def _grouped(summary: pa.Table, column: str) -> pa.Table:
+    """The rows of ``column``'s grouping set in a :func:`_summary_sql` result."""
+    return summary.filter(pc.equal(summary[f"g_{column}"], 0))
 
 
 class DuckDBEngine:
@@ -109,21 +134,24 @@ class DuckDBEngine:
         # A view, not a table: each step below reads only the Parquet columns it needs.
         raw = views.raw_sql(_parquet_scan(files), days, start, end, self.timezone)
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW raw AS {raw}")
-        counts = self.con.execute(views.day_counts_sql("raw", self.timezone)).fetchall()
-        versions = self.con.execute(views.POLICY_VERSIONS_SQL).fetchall()
-        self._load_lookups()
+        summary = self.con.sql(_summary_sql(self.timezone)).to_arrow_table()
+        counts = _grouped(summary, "d").select(["d", "n"]).to_pylist()
+        versions = _grouped(summary, "policy_version").column("policy_version").to_pylist()
+        self._load_lookups(summary)
         self._build_views()
-        return DayBatch({d: int(n) for d, n in counts}, tuple(sorted(v for (v,) in versions)))
+        return DayBatch(
+            {row["d"]: int(row["n"]) for row in counts},
+            tuple(sorted(v for v in versions if v is not None)),
+        )
 
-    def _load_lookups(self) -> None:
+    def _load_lookups(self, summary: pa.Table) -> None:
         """Step 3 lookups: classify each distinct user agent, referrer and imported path once."""
-        uas = self.con.sql(views.DISTINCT_USER_AGENTS_SQL).to_arrow_table()
-        self._register("ua_map", classify_user_agents(uas.column(0).to_pylist()))
-        hosts = self.con.sql(views.DISTINCT_REFERRERS_SQL).to_arrow_table()
-        refs = classify_referrers(hosts.column(0).to_pylist(), site_hosts=self.site_hosts)
-        self._register("ref_map", refs)
-        paths = self.con.execute(views.DISTINCT_PATHS_SQL).fetchall()
-        self._register("path_map", views.path_map(paths))
+        uas = _grouped(summary, "user_agent").column("user_agent").to_pylist()
+        self._register("ua_map", classify_user_agents(uas))
+        hosts = _grouped(summary, "referrer_host").column("referrer_host").to_pylist()
+        self._register("ref_map", classify_referrers(hosts, site_hosts=self.site_hosts))
+        paths = _grouped(summary, "path").select(["path", "recorded"]).to_pylist()
+        self._register("path_map", views.path_map([(r["path"], r["recorded"]) for r in paths]))
 
     def _build_views(self) -> None:
         """Steps 1-4 in SQL: erase, drop identifiers, generalise, sessionise."""
