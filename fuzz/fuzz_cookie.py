@@ -32,10 +32,10 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
-import time
 from pathlib import Path
 from typing import Any
+
+import harness  # fuzz/harness.py: the shared command line
 
 try:
     import atheris  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -243,21 +243,14 @@ def random_inputs(count: int, seed: int = 0) -> None:
 
 def main() -> None:
     """libFuzzer with atheris; ``--random N`` without it."""
-    if len(sys.argv) >= 3 and sys.argv[1] == "--random":
-        started = time.perf_counter()
-        random_inputs(int(sys.argv[2]))
-        print(f"in {time.perf_counter() - started:.1f} s")
-        return
-    if atheris is None:
-        sys.exit(
-            "atheris is not installed: `.venv/bin/pip install atheris` (CPython 3.8-3.11 "
-            "wheels), or run `python fuzz/fuzz_cookie.py --random 100000`"
-        )
-    if not any(not a.startswith("-") for a in sys.argv[1:]):
-        seed_corpus(CORPUS)
-        sys.argv.append(str(CORPUS))
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    harness.run(
+        script="fuzz_cookie.py",
+        atheris=atheris,
+        test_one_input=test_one_input,
+        random_inputs=random_inputs,
+        seed_corpus=seed_corpus,
+        corpus=CORPUS,
+    )
 
 
 if __name__ == "__main__":

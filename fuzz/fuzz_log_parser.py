@@ -27,12 +27,13 @@ import math
 import random
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import harness  # fuzz/harness.py: the shared command line
 
 try:
     import atheris
@@ -154,19 +155,14 @@ def random_inputs(count: int, seed: int = 0) -> None:
 
 def main() -> None:
     """libFuzzer with atheris; ``--random N`` without it."""
-    if len(sys.argv) >= 3 and sys.argv[1] == "--random":
-        random_inputs(int(sys.argv[2]))
-        return
-    if atheris is None:
-        sys.exit(
-            "atheris is not installed: `.venv/bin/pip install atheris` (Linux, CPython "
-            "3.8-3.11 wheels), or run `python fuzz/fuzz_log_parser.py --random 1000`"
-        )
-    if not any(not a.startswith("-") for a in sys.argv[1:]):
-        seed_corpus(CORPUS)
-        sys.argv.append(str(CORPUS))
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    harness.run(
+        script="fuzz_log_parser.py",
+        atheris=atheris,
+        test_one_input=test_one_input,
+        random_inputs=random_inputs,
+        seed_corpus=seed_corpus,
+        corpus=CORPUS,
+    )
 
 
 if __name__ == "__main__":
