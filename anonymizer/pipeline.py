@@ -75,6 +75,7 @@ from anonymizer.tables import TABLES, TableDef
 from anonymizer.tables.retention_weekly import MAX_WEEK_OFFSET
 from consent_middleware.raw.layout import TEMP_SUFFIX, RawLayout
 from consent_middleware.raw.segments import list_segments
+from consent_middleware.tombstones import read_tombstones
 
 PIPELINE_VERSION = "1"
 """Bumped when a change alters published figures for the same input."""
@@ -230,23 +231,6 @@ def _file_stamp(path: Path) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def load_tombstones(raw_dir: Path) -> set[str]:
-    """``aid_sha256`` of every erasure tombstone; unreadable files are skipped."""
-    hashes: set[str] = set()
-    folder = RawLayout.at(raw_dir).tombstones
-    if not folder.is_dir():
-        return hashes
-    for path in sorted(folder.glob("*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        digest = record.get("aid_sha256") if isinstance(record, dict) else None
-        if isinstance(digest, str) and len(digest) == 64:
-            hashes.add(digest.lower())
-    return hashes
 
 
 def _partition_date(segment: Path) -> date | None:
@@ -480,7 +464,7 @@ def _run_steps(
     ]
     report.new_segments = len(new)
 
-    erased = load_tombstones(raw)
+    erased = set(read_tombstones(raw))  # the same reader the middleware and purge use
     erased_digest = hashlib.sha256("\n".join(sorted(erased)).encode()).hexdigest()
     engine.register_erased(erased)
 
