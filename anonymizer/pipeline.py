@@ -30,7 +30,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from anonymizer.engines import (
     make_engine,
     spark_available,
 )
+from anonymizer.generalize import warm_up_user_agent_parser
 from anonymizer.journal import RunJournal, fault_point
 from anonymizer.notice import (
     DEFAULT_CONTACT,
@@ -60,7 +62,14 @@ from anonymizer.notice import (
     render_notice,
 )
 from anonymizer.privacy import DEFAULT_K, DEFAULT_MAX_PAGEVIEWS
-from anonymizer.quarantine import Problem, Quarantined, check_segment, quarantine
+from anonymizer.quarantine import (
+    Problem,
+    Quarantined,
+    Span,
+    check_segment,
+    inspect_segment,
+    quarantine,
+)
 from anonymizer.store import (
     MANIFEST,
     find_links,
@@ -406,9 +415,12 @@ def _remove_leftovers(raw: Path, stats: Path) -> None:
     shutil.rmtree(pipeline / "spill", ignore_errors=True)
 
 
-def _screen(work: _Run, segments: list[Path], seen: Mapping[str, list[int]]) -> list[Path]:
+def _screen(
+    work: _Run, segments: list[Path], seen: Mapping[str, list[int]]
+) -> tuple[list[Path], dict[Path, Span]]:
     """The segments safe to read: each one not seen before (or changed since) is checked in
-    full first, and a damaged one is quarantined, never read by the engine."""
+    full first, and a damaged one is quarantined, never read by the engine. Also returns
+    what the checks saw of each sound new segment."""
     unchecked = [
         segment
         for segment in segments
@@ -417,15 +429,41 @@ def _screen(work: _Run, segments: list[Path], seen: Mapping[str, list[int]]) -> 
     ]
     # Checks decode in Arrow, outside the GIL: two segments at a time use both cores.
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        problems = dict(zip(unchecked, pool.map(check_segment, unchecked), strict=True))
+        checked = dict(zip(unchecked, pool.map(inspect_segment, unchecked), strict=True))
     kept = []
+    spans: dict[Path, Span] = {}
     for segment in segments:
-        problem = problems.get(segment)
-        if problem is None:
-            kept.append(segment)
-        else:
-            work.quarantine(segment, problem)
-    return kept
+        result = checked.get(segment)
+        if isinstance(result, Problem):
+            work.quarantine(segment, result)
+            continue
+        kept.append(segment)
+        if result is not None:
+            spans[segment] = result
+    return kept, spans
+
+
+def _new_local_days(
+    engine: Engine, files: Sequence[Path], spans: Mapping[Path, Span], zone: ZoneInfo
+) -> dict[date, int]:
+    """Local days (and event counts) of ``files``. A segment whose first and last event fall
+    on one local day (most of them: a segment holds one flush) is counted from its check;
+    only the others are scanned by the engine."""
+    counts: dict[date, int] = {}
+    scan = []
+    for segment in files:
+        span = spans.get(segment)
+        if span is None:
+            scan.append(segment)
+        elif span.first is not None and span.last is not None:
+            day = span.first.astimezone(zone).date()
+            if day != span.last.astimezone(zone).date():
+                scan.append(segment)
+            else:
+                counts[day] = counts.get(day, 0) + span.rows
+    for day, count in engine.local_days(scan).items():
+        counts[day] = counts.get(day, 0) + count
+    return counts
 
 
 def _run_screened(
@@ -457,7 +495,9 @@ def _run_steps(
     published = work.published
     published |= {date.fromisoformat(d) for d in state.get("published_days", [])}
 
-    segments = _screen(work, list_segments(raw), seen)
+    # ua-parser builds its matchers on first use; let that overlap the segment checks.
+    threading.Thread(target=warm_up_user_agent_parser, daemon=True).start()
+    segments, spans = _screen(work, list_segments(raw), seen)
     stamps = {str(p.relative_to(raw)): _file_stamp(p) for p in segments}
     new = [
         p for p in segments if seen.get(str(p.relative_to(raw))) != stamps[str(p.relative_to(raw))]
@@ -468,7 +508,7 @@ def _run_steps(
     erased_digest = hashlib.sha256("\n".join(sorted(erased)).encode()).hexdigest()
     engine.register_erased(erased)
 
-    new_days = engine.local_days(new)
+    new_days = _new_local_days(engine, new, spans, work.zone)
     for day, count in sorted(new_days.items()):
         if day in final_days:
             report.late_days_skipped.append(day)

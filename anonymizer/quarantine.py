@@ -116,27 +116,51 @@ def _check_schema(schema: pa.Schema) -> Problem | None:
     return None
 
 
-def _check_rows(batch: pa.RecordBatch, start: pa.Scalar, end: pa.Scalar) -> Problem | None:
+@dataclass(frozen=True, slots=True)
+class Span:
+    """What the full check of a sound segment saw: its rows and first and last event time."""
+
+    rows: int
+    first: datetime | None
+    """Earliest ``ts`` (UTC); None when the segment has no rows."""
+    last: datetime | None
+    """Latest ``ts`` (UTC); None when the segment has no rows."""
+
+
+def _check_rows(
+    batch: pa.RecordBatch, start: pa.Scalar, end: pa.Scalar
+) -> Problem | tuple[datetime, datetime] | None:
+    """The batch's problem, else its ``ts`` bounds (None for an empty batch)."""
     for name in _REQUIRED:
         nulls = batch.column(name).null_count
         if nulls:
             return Problem("invalid-rows", f"{nulls} row(s) without {name!r}")
-    if batch.num_rows:
-        bounds = pc.min_max(batch.column("ts"))
-        low, high = bounds["min"], bounds["max"]
-        if pc.less(low, start).as_py() or pc.greater_equal(high, end).as_py():
-            return Problem(
-                "misplaced",
-                f"ts from {low.as_py().isoformat()} to {high.as_py().isoformat()} "
-                f"is outside {start.as_py().date().isoformat()} (UTC)",
-            )
-    return None
+    if not batch.num_rows:
+        return None
+    bounds = pc.min_max(batch.column("ts"))
+    low, high = bounds["min"], bounds["max"]
+    if pc.less(low, start).as_py() or pc.greater_equal(high, end).as_py():
+        return Problem(
+            "misplaced",
+            f"ts from {low.as_py().isoformat()} to {high.as_py().isoformat()} "
+            f"is outside {start.as_py().date().isoformat()} (UTC)",
+        )
+    return low.as_py(), high.as_py()
 
 
 def check_segment(path: Path) -> Problem | None:
     """None when ``path`` is a whole segment in the raw-event contract; else the problem.
 
     Never raises for anything wrong with the file itself.
+    """
+    checked = inspect_segment(path)
+    return checked if isinstance(checked, Problem) else None
+
+
+def inspect_segment(path: Path) -> Problem | Span:
+    """:func:`check_segment`, returning what a sound segment holds instead of None.
+
+    The span comes from the decoded rows, not from footer statistics, which no check covers.
     """
     if path.is_symlink():
         return Problem("link", f"points to {os.readlink(path)}")
@@ -168,21 +192,26 @@ def check_segment(path: Path) -> Problem | None:
         start = pa.scalar(start_dt, ts_type)
         end = pa.scalar(start_dt + timedelta(days=1), ts_type)
         rows = 0
+        first: datetime | None = None
+        last: datetime | None = None
         for batch in parquet.iter_batches(
             batch_size=READ_BATCH_ROWS, columns=list(RAW_EVENT_SCHEMA.names)
         ):
             rows += batch.num_rows
             batch.validate(full=True)  # dictionary indices in bounds, offsets, UTF-8
-            problem = _check_rows(batch, start, end)
-            if problem:
-                return problem
+            checked = _check_rows(batch, start, end)
+            if isinstance(checked, Problem):
+                return checked
+            if checked is not None:
+                first = checked[0] if first is None else min(first, checked[0])
+                last = checked[1] if last is None else max(last, checked[1])
         if rows != parquet.metadata.num_rows:
             return Problem("unreadable", f"{rows} of {parquet.metadata.num_rows} rows decode")
     except (OSError, pa.ArrowException, ValueError, IndexError, OverflowError) as exc:
         # Thrift and page decoding errors surface as any of these, depending on where the
         # damage is.
         return Problem("unreadable", _one_line(exc))
-    return None
+    return Span(rows, first, last)
 
 
 def _free_name(folder: Path, name: str) -> Path:

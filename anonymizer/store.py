@@ -20,11 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from anonymizer.journal import fault_point
@@ -32,6 +31,9 @@ from anonymizer.sandbox import lock_down
 from anonymizer.tables import TABLES, TableDef
 from consent_middleware.raw.layout import TEMP_SUFFIX
 from consent_middleware.raw.segments import replace_atomically
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 PART_FILE = "part-0.parquet"
 MANIFEST = "manifest.json"
@@ -232,6 +234,10 @@ def _dataset(stats_dir: Path, table: TableDef) -> pa.Table | ds.Dataset:
             files.append(str(expected))
     if not files:
         return table.schema.empty_table()
+    # Imported here: pyarrow.dataset pulls in pandas (a quarter second), which a run,
+    # unlike a query, never needs.
+    import pyarrow.dataset as ds
+
     partitioning = ds.partitioning(pa.schema([(table.partition, pa.date32())]), flavor="hive")
     return ds.dataset(
         files,
