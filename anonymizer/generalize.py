@@ -211,14 +211,6 @@ def device_type(
     return "other"
 
 
-def warm_up_user_agent_parser() -> None:
-    """Build ua-parser's matchers now (about 0.15 s) rather than on the first user agent.
-
-    A run calls this on a thread at its start, so the build overlaps the segment checks.
-    """
-    classify_user_agent("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0")
-
-
 @functools.lru_cache(maxsize=65536)
 def classify_user_agent(user_agent: str | None) -> tuple[str, str, DeviceType, bool]:
     """``(browser, os, device_type, is_bot)`` of one user agent; cached per distinct value."""

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -51,7 +50,6 @@ from anonymizer.engines import (
     make_engine,
     spark_available,
 )
-from anonymizer.generalize import warm_up_user_agent_parser
 from anonymizer.journal import RunJournal, fault_point
 from anonymizer.notice import (
     DEFAULT_CONTACT,
@@ -495,8 +493,6 @@ def _run_steps(
     published = work.published
     published |= {date.fromisoformat(d) for d in state.get("published_days", [])}
 
-    # ua-parser builds its matchers on first use; let that overlap the segment checks.
-    threading.Thread(target=warm_up_user_agent_parser, daemon=True).start()
     segments, spans = _screen(work, list_segments(raw), seen)
     stamps = {str(p.relative_to(raw)): _file_stamp(p) for p in segments}
     new = [

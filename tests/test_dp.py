@@ -155,11 +155,13 @@ def test_bounded_sql_caps_rows_per_visitor_and_counts_per_row() -> None:
     con.register(
         "pageviews",
         pa.table(
-            {"date": [r[0] for r in pv], "visitor": [r[1] for r in pv], "page": [r[2] for r in pv]}
+            {
+                "date": [r[0] for r in pv],
+                "visitor": [r[1] for r in pv],
+                "page": [r[2] for r in pv],
+                "new_visit": [0] * len(pv),
+            }
         ),
-    )
-    con.execute(
-        "CREATE VIEW visits AS SELECT date, visitor, page AS entry_page FROM pageviews WHERE false"
     )
     table = TABLES["pages_daily"]
     spec = DP_SPECS["pages_daily"]

@@ -81,7 +81,18 @@ def raw_sql(
     scan: str, days: Collection[date], start: datetime, end: datetime, timezone: str
 ) -> str:
     """The ``raw`` view: the events of the local ``days`` (``start``/``end``: their UTC bounds;
-    the range test lets Parquet readers skip row groups before the local-date test)."""
+    the range test lets Parquet readers skip row groups before the local-date test).
+
+    When ``days`` are consecutive (a batch usually is), the range from the first local
+    midnight to the last is exactly those days, and no event's local date is computed.
+    """
+    ordered = sorted(days)
+    if ordered and (ordered[-1] - ordered[0]).days == len(ordered) - 1:
+        return (
+            f"SELECT {', '.join(RAW_COLUMNS)} FROM {scan}"
+            f" WHERE ts >= TIMESTAMPTZ '{start.isoformat()}'"
+            f" AND ts < TIMESTAMPTZ '{end.isoformat()}'"
+        )
     return (
         f"SELECT {', '.join(RAW_COLUMNS)} FROM ("
         f" SELECT *, CAST({local_time('ts', timezone)} AS DATE) AS local_date"

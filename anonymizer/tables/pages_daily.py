@@ -17,15 +17,13 @@ PAGES_DAILY = TableDef(
     ),
     partition="date",
     dimensions=("page",),
+    # A visit's entry page is the page of its first pageview (``new_visit = 1``): one
+    # grouping of ``pageviews`` counts both views and entries.
     source="""
         SELECT date, page, visitor,
-               LEAST(SUM(views), {max_pageviews}) AS pageviews,
-               LEAST(SUM(entries), {max_pageviews}) AS entries
-        FROM (
-            SELECT date, page, visitor, 1 AS views, 0 AS entries FROM pageviews
-            UNION ALL
-            SELECT date, entry_page AS page, visitor, 0 AS views, 1 AS entries FROM visits
-        ) AS hits
+               LEAST(COUNT(*), {max_pageviews}) AS pageviews,
+               LEAST(SUM(new_visit), {max_pageviews}) AS entries
+        FROM pageviews
         GROUP BY date, page, visitor
     """,
     measures=(
