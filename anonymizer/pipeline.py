@@ -528,7 +528,7 @@ def _run_steps(
         if key is not None:
             by_partition.setdefault(key, []).append(seg)
     batches = _batches(
-        sorted(todo), by_partition, engine, work.options.batch_events, new_days, set(new)
+        sorted(todo), by_partition, engine, work.options.batch_events, new_days, set(new), work.zone
     )
     for index, days in enumerate(batches):
         if progress:
@@ -560,10 +560,22 @@ def _run_steps(
     }
 
 
-def _covering(days: list[date], by_partition: Mapping[date, list[Path]]) -> list[Path]:
-    """Segments of every UTC partition a local day of ``days`` can overlap (+-1 day)."""
-    keys = sorted({d + timedelta(days=o) for d in days for o in (-1, 0, 1)})
-    return [f for key in keys for f in by_partition.get(key, [])]
+def _covering(
+    days: list[date], by_partition: Mapping[date, list[Path]], zone: ZoneInfo
+) -> list[Path]:
+    """Segments of every UTC partition that a local day of ``days`` overlaps.
+
+    Partitions are UTC dates (the segment checks hold every row to its folder's date), so
+    a local day needs only the UTC dates between its first and last instant: one partition
+    in UTC, two in most other zones, never more than its +-1 neighbours.
+    """
+    keys: set[date] = set()
+    for day in days:
+        first = datetime.combine(day, time(), zone).astimezone(UTC)
+        after = datetime.combine(day + timedelta(days=1), time(), zone).astimezone(UTC)
+        last = (after - timedelta(microseconds=1)).date()
+        keys.update(first.date() + timedelta(days=n) for n in range((last - first.date()).days + 1))
+    return [f for key in sorted(keys) for f in by_partition.get(key, [])]
 
 
 def _batches(
@@ -572,14 +584,15 @@ def _batches(
     engine: Engine,
     batch_events: int,
     new_counts: Mapping[date, int],
-    new: Collection[Path] = (),
+    new: Collection[Path],
+    zone: ZoneInfo,
 ) -> list[list[date]]:
     """Consecutive days grouped so that each batch holds about ``batch_events`` events:
     fewer, larger queries, with memory still bounded by the batch size."""
     if not days:
         return []
     counts = dict(new_counts)
-    covering = _covering(days, by_partition)
+    covering = _covering(days, by_partition, zone)
     if sum(counts.get(d, 0) for d in days) > batch_events and not set(covering) <= set(new):
         # Old segments count too (when every covering segment is new, ``new_counts``
         # already counted all of them: a day's events are only in its +-1 partitions).
@@ -600,7 +613,7 @@ def _publish_days(
     work: _Run, engine: Engine, days: list[date], by_partition: Mapping[date, list[Path]]
 ) -> None:
     """Steps 1-8 of the daily event tables for one batch of local days."""
-    files = _covering(days, by_partition)
+    files = _covering(days, by_partition, work.zone)
     batch = engine.load_days(files, days) if files else None
     per_day = batch.rows_per_day if batch else {}
     versions = batch.policy_versions if batch else ()
