@@ -203,3 +203,29 @@ def test_garbage_ledger_lines_never_break_a_run(tmp_path: Path, lines: list[str]
     (root / "raw" / "ledger" / "x.jsonl").write_text(text, encoding="utf-8", errors="replace")
     stats = publish(root, crowd(T0, 12))
     assert rows(stats, "SELECT purpose, granted FROM consent_daily") == [("statistics", 10)]
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Pacific/Pago_Pago", "Asia/Kathmandu"])
+def test_a_local_day_gets_every_event_from_the_utc_partitions_it_spans(
+    tmp_path: Path, zone: str
+) -> None:
+    # UTC+14, UTC-11 and UTC+5:45: the local day of 2026-03-10 straddles two UTC dates.
+    # Events in its first and last minute sit in different UTC partitions; both count.
+    from zoneinfo import ZoneInfo
+
+    local = ZoneInfo(zone)
+    first = datetime(2026, 3, 10, 0, 0, 30, tzinfo=local).astimezone(UTC)
+    last = datetime(2026, 3, 10, 23, 59, 0, tzinfo=local).astimezone(UTC)
+    assert first.date() != last.date()
+    events = crowd(first, 12, "/early") + crowd(last, 12, "/late", prefix="w")
+    raw, stats = tmp_path / "raw", tmp_path / "stats"
+    for group in (events[:12], events[12:]):  # one segment per UTC date, as the recorder does
+        write_segment(raw, group)
+    anonymizer.run(raw, stats, RunOptions(now=LATER, timezone=zone, k=10))
+    assert rows(stats, "SELECT date, pageviews, visitors FROM traffic_daily") == [
+        (date(2026, 3, 10), 24, 24)
+    ]
+    assert rows(stats, "SELECT page, pageviews FROM pages_daily ORDER BY page") == [
+        ("/early", 12),
+        ("/late", 12),
+    ]
