@@ -421,8 +421,18 @@ class ConsentMiddleware:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the lifespan through; start the recorder at start-up and close it (flushing
-        everything) just before the server hears that shutdown is complete."""
+        everything) just before the server hears that shutdown is complete.
+
+        The counters go into the lifespan state, which the server copies into every
+        request: handlers read ``request.state.consent_stats`` and
+        ``request.state.consent_recorder`` even when the app built this middleware itself
+        (``app.add_middleware``) and holds no reference to it.
+        """
         recorder = self.recorder
+        state = scope.get("state")
+        if isinstance(state, dict):  # servers without lifespan state pass none
+            state.setdefault("consent_stats", self.stats)
+            state.setdefault("consent_recorder", recorder)
         if recorder is None:
             await self.app(scope, receive, send)
             return

@@ -138,3 +138,40 @@ def test_fastapi_route_templates(tmp_path: Path) -> None:
     glob = RawLayout.at(tmp_path).events_glob()
     rows = query(f"SELECT path, count(*) FROM read_parquet('{glob}') GROUP BY path")
     assert rows == [("/users/{user_id}/orders/{order_id}", 3)]
+
+
+def test_handlers_read_the_counters_of_a_middleware_they_did_not_build(tmp_path: Path) -> None:
+    # Middleware(...) builds the middleware and its recorder inside Starlette; the app has
+    # no reference to either. The lifespan state hands both to every request.
+    async def health(request: Request) -> Response:
+        recorder = request.state.consent_recorder
+        recorder.flush()
+        stats = recorder.stats
+        enforcement = request.state.consent_stats
+        return Response(
+            json.dumps(
+                {
+                    "recorded": stats.recorded,
+                    "flushed": stats.flushed,
+                    "dropped": stats.dropped,
+                    "failing": stats.failing,
+                    "decisions": dict(enforcement.decisions),
+                }
+            ),
+            media_type="application/json",
+        )
+
+    app = make_shop(tmp_path)
+    app.router.routes.append(Route("/health", health))
+    with TestClient(app, headers={"user-agent": UA}) as client:
+        for number in range(5):
+            assert client.get(f"/items/{number}").status_code == 200
+        assert client.post("/consent", json={"accept": "all"}, headers=ORIGIN).status_code < 400
+        first = client.get("/health").json()
+        assert first["decisions"] == {"grant": 1}
+        assert first["dropped"] == 0 and first["failing"] is False
+        # The five pages were recorded and written before /health itself was.
+        assert first["recorded"] == first["flushed"] >= 5
+        assert client.get("/items/9").status_code == 200
+        second = client.get("/health").json()
+        assert second["recorded"] == first["recorded"] + 2  # /health and /items/9
