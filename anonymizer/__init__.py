@@ -38,14 +38,22 @@ def import_log(
     site_host: str = "unknown",
     progress: bool | None = None,
     processes: int = 0,
+    force: bool = False,
 ) -> ImportReport:
     """Parse web server access logs into RAW; see :func:`anonymizer.importers.import_log`
-    (``processes=N`` parses in N worker processes instead of threads, same result)."""
+    (``processes=N`` parses in N worker processes instead of threads, same result; lines
+    imported before are skipped unless ``force``)."""
     # Imported on use: the parsers are only needed by this command.
     from anonymizer.importers import import_log as _import_log
 
     return _import_log(
-        raw_dir, files, fmt, site_host=site_host, progress=progress, processes=processes
+        raw_dir,
+        files,
+        fmt,
+        site_host=site_host,
+        progress=progress,
+        processes=processes,
+        force=force,
     )
 
 

@@ -243,11 +243,18 @@ def run_command(
 )
 @click.option("--format", "fmt", required=True, type=click.Choice(LOG_FORMATS), help="Log format.")
 @click.option("--site-host", default="unknown", help="Host the log belongs to (hash input).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Import every line, even lines an earlier import already took (RAW/imports/).",
+)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def import_log_command(raw_dir: Path, fmt: Any, site_host: str, files: tuple[Path, ...]) -> None:
+def import_log_command(
+    raw_dir: Path, fmt: Any, site_host: str, force: bool, files: tuple[Path, ...]
+) -> None:
     """``anonymizer import-log``."""
     try:
-        report = anonymizer.import_log(raw_dir, list(files), fmt, site_host=site_host)
+        report = anonymizer.import_log(raw_dir, list(files), fmt, site_host=site_host, force=force)
     except ImportLogError as exc:
         _fail(str(exc))
         return

@@ -37,6 +37,14 @@ from anonymizer.importers.fields import (
     null_where,
     rows_with_bytes,
 )
+from anonymizer.importers.history import (
+    FileImport,
+    PrefixChanged,
+    Resume,
+    import_lock,
+    load_records,
+    recover_unfinished,
+)
 from anonymizer.importers.lines import (
     MAX_LINE_BYTES,
     CorruptStream,
@@ -46,7 +54,13 @@ from anonymizer.importers.lines import (
     read_blocks,
 )
 from anonymizer.importers.nginx_json import parse_nginx_json_batch
-from anonymizer.importers.report import MAX_LISTED_REJECTS, ImportLogError, ImportReport, Reject
+from anonymizer.importers.report import (
+    MAX_LISTED_REJECTS,
+    ImportLogError,
+    ImportReport,
+    Reject,
+)
+from anonymizer.journal import fault_point
 from consent_middleware.raw.schema import RAW_EVENT_SCHEMA
 from consent_middleware.raw.segments import write_segment
 
@@ -84,6 +98,7 @@ def import_log(
     progress: bool | None = None,
     batch_rows: int = BATCH_ROWS,
     processes: int = 0,
+    force: bool = False,
 ) -> ImportReport:
     """Parse access logs into raw events in RAW (``events/date=.../import-<fmt>-*.parquet``).
 
@@ -97,6 +112,12 @@ def import_log(
     process: the same result, the per-distinct Python work (scrubbing, hashing) no longer
     shares one GIL, but blocks and events are copied between processes (about 50% more CPU
     in all), which pays only on otherwise idle cores.
+
+    Lines imported before are not imported again (see :mod:`.history`): a file, or its
+    gzip-rotated copy, whose start was imported by an earlier import is read from where
+    that import ended (line numbers stay the file's own); ``force`` imports every line
+    anyway. Imports into one RAW folder run one at a time; one killed midway is undone
+    by the next before it starts.
 
     Raises :class:`ImportLogError` for an unknown format or a missing or unreadable file,
     before anything is written.
@@ -115,6 +136,7 @@ def import_log(
     report = ImportReport()
     pending: list[pa.Table] = []
     started = time.perf_counter()
+    current: list[FileImport] = []  # the file being imported: its segments carry its id
 
     def write(force: bool) -> None:
         # Full batches of ``batch_rows`` events (one chunk may hold several); at the end,
@@ -127,7 +149,11 @@ def import_log(
         start = 0
         while rows - start >= batch_rows or (force and start < rows):
             batch = table.slice(start, batch_rows)
-            report.segments.extend(write_segment(raw_dir, batch, prefix=f"import-{fmt}"))
+            file_import = current[-1]
+            file_import.start()
+            for segment in write_segment(raw_dir, batch, prefix=file_import.prefix):
+                report.segments.append(segment)
+                fault_point(f"import-segment-{len(report.segments)}")
             start += batch.num_rows
         if start < rows:
             pending.append(table.slice(start))
@@ -141,24 +167,49 @@ def import_log(
     # Chunks are parsed by workers (threads, or processes for large inputs) while this thread
     # reads ahead and writes segments; results are taken strictly in file order, so line
     # numbers, the first rejects and the segments come out as a sequential run would.
-    with _workers(raw_dir, fmt, site_host, processes) as submit, _progress_bar(progress) as bar:
+    # The lock makes imports into one RAW take turns; holding it, any unfinished import
+    # on record was killed, and is undone before anything is read. It is taken after the
+    # worker processes fork, so they never hold it after this process is gone.
+    with (
+        _workers(raw_dir, fmt, site_host, processes) as submit,
+        import_lock(raw_dir),
+        _progress_bar(progress) as bar,
+    ):
+        report.recovered = [record.file for record in recover_unfinished(raw_dir)]
+        known = [] if force else load_records(raw_dir)
         ahead = max(processes, WORKERS) + 1  # chunks queued: each holds 4 MiB of lines
         for path in paths:
             size = path.stat().st_size
             task = None if bar is None else bar.add_task(path.name, total=size)
-            in_flight: deque[Future[_ChunkResult]] = deque()
-            for chunk in _file_chunks(path):
-                in_flight.append(submit(chunk))
-                if len(in_flight) > ahead:
+            file_import = FileImport(raw_dir, path, fmt, site_host, known)
+            current.append(file_import)
+            before = (report.lines, report.imported, report.rejected, report.blank)
+            try:
+                in_flight: deque[Future[_ChunkResult]] = deque()
+                for chunk in _file_chunks(path, file_import.resume):
+                    in_flight.append(submit(chunk))
+                    if len(in_flight) > ahead:
+                        finish(in_flight.popleft().result())
+                    if bar is not None and task is not None:
+                        bar.update(task, completed=chunk.position)
+                while in_flight:
                     finish(in_flight.popleft().result())
-                if bar is not None and task is not None:
-                    bar.update(task, completed=chunk.position)
-            while in_flight:
-                finish(in_flight.popleft().result())
+                write(force=True)  # a segment holds the lines of one file's import only
+            except BaseException:
+                file_import.abandon()
+                raise
+            fault_point("import-before-finish")
+            counts = (report.lines, report.imported, report.rejected, report.blank)
+            record = file_import.finish(*(a - b for a, b in zip(counts, before, strict=True)))
+            if record is not None:
+                known.append(record)  # the same file twice in one import: read once
+            skipped = file_import.already_imported(counts[0] - before[0], counts[1] - before[1])
+            if skipped is not None:
+                report.already_imported += skipped.lines
+                report.skipped.append(skipped)
             report.files.append(str(path))
             if bar is not None and task is not None:
                 bar.update(task, completed=size)
-        write(force=True)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -229,25 +280,37 @@ def _workers(raw_dir: str | Path, fmt: str, site_host: str, processes: int) -> I
         yield lambda chunk: pool.submit(_work, chunk)
 
 
-def _file_chunks(path: Path) -> Iterator[_Chunk]:
-    """The chunks of one file; damaged compressed data ends the file with a corrupt chunk."""
+def _file_chunks(path: Path, resume: Resume) -> Iterator[_Chunk]:
+    """The chunks of one file after what ``resume`` finds already imported; damaged
+    compressed data ends the file with a corrupt chunk. Every byte read is hashed."""
     name = str(path)
     number = 1
     position = 0
     try:
-        with open_log(path) as (stream, tell):
-            try:
-                for block in read_blocks(stream):
-                    position = tell()
-                    count = 1 if block is None else block.count(b"\n") + 1
-                    yield _Chunk(name, number, block, count, position)
-                    number += count
-            except CorruptStream:
-                yield _Chunk(name, number, None, 1, position, corrupt=True)
+        while True:
+            with open_log(path) as (stream, tell):
+                if not resume.skip(stream):
+                    continue  # read past the match: skip it in a fresh stream
+                number = resume.skipped_lines + 1
+                position = tell()
+                try:
+                    for block in read_blocks(stream, digest=resume.digest.update):
+                        position = tell()
+                        count = 1 if block is None else block.count(b"\n") + 1
+                        yield _Chunk(name, number, block, count, position)
+                        number += count
+                except CorruptStream:
+                    yield _Chunk(name, number, None, 1, position, corrupt=True)
+                return
+    except PrefixChanged as exc:
+        raise ImportLogError(
+            f"log file {name!r} changed while it was being read; import it again",
+            path=path,
+        ) from exc
     except OSError as exc:
         raise ImportLogError(
             f"reading log file {name!r} failed near line {number}: {exc}; check the file "
-            "and the disk, then import it again (lines before it may already be in RAW)",
+            "and the disk, then import it again (the lines read from it were not kept)",
             path=path,
         ) from exc
 

@@ -97,8 +97,20 @@ def open_log(path: Path) -> Iterator[tuple[io.BufferedIOBase, Callable[[], int]]
             yield raw, raw.tell
 
 
+def read_head(path: Path, size: int) -> bytes:
+    """The first ``size`` decompressed bytes of ``path`` (fewer if it is shorter or
+    its compressed data breaks before)."""
+    with open_log(path) as (stream, _):
+        try:
+            return _read_block(stream, size)
+        except _Broken as exc:
+            return exc.data
+
+
 def read_blocks(
-    stream: io.BufferedIOBase, chunk_bytes: int = CHUNK_BYTES
+    stream: io.BufferedIOBase,
+    chunk_bytes: int = CHUNK_BYTES,
+    digest: Callable[[bytes], object] | None = None,
 ) -> Iterator[bytes | None]:
     """The lines of ``stream`` as blocks of whole lines joined by ``\\n`` (no final newline).
 
@@ -106,6 +118,7 @@ def read_blocks(
     in memory and comes out as a None block; shorter over-long lines stay in their block and
     are rejected by length later. Damaged compressed data raises :class:`CorruptStream`
     after the blocks before it. A block holds ``block.count(b"\\n") + 1`` lines.
+    ``digest`` is given every byte read, in order, as it is read (for the import history).
     """
     pending = b""
     skipping = False  # inside an over-long line: drop bytes up to the next newline
@@ -117,6 +130,8 @@ def read_blocks(
             broken, chunk = exc, exc.data
         if not chunk:
             break
+        if digest is not None:
+            digest(chunk)
         if skipping:
             newline = chunk.find(b"\n")
             if newline < 0:

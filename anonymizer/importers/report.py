@@ -30,6 +30,31 @@ class Reject(NamedTuple):
     reason: str
 
 
+class AlreadyImported(NamedTuple):
+    """A file whose first ``lines`` lines were imported before (on ``on``, a UTC date)
+    and were not read again; ``new_lines`` were read this time, ``imported`` of them
+    became events."""
+
+    file: str
+    lines: int
+    on: str
+    new_lines: int
+    imported: int
+
+    def describe(self) -> str:
+        """One line for the command line."""
+        if not self.new_lines:
+            return (
+                f"{self.file}: all {self.lines:,} lines already imported on {self.on}; "
+                "nothing new (--force imports it again)"
+            )
+        return (
+            f"{self.file}: {self.lines:,} lines already imported on {self.on}, "
+            f"{self.imported:,} new lines imported"
+            + ("" if self.imported == self.new_lines else f" (of {self.new_lines:,} read)")
+        )
+
+
 @dataclass
 class ImportReport:
     """Outcome of :func:`~anonymizer.importers.import_log`.
@@ -37,6 +62,9 @@ class ImportReport:
     ``lines`` counts every line read (blank lines included, they are skipped silently);
     ``imported + rejected + blank == lines``. ``rejects`` lists the first
     :data:`MAX_LISTED_REJECTS` rejected lines; ``by_reason`` counts all of them.
+    ``already_imported`` counts the lines not read again because an earlier import took
+    them (per file in ``skipped``); ``recovered`` names the files of interrupted earlier
+    imports whose segments were removed before this one (their lines are imported again).
     """
 
     files: list[str] = field(default_factory=list)
@@ -48,6 +76,9 @@ class ImportReport:
     by_reason: Counter[str] = field(default_factory=Counter)
     segments: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    already_imported: int = 0
+    skipped: list[AlreadyImported] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
 
     def reject(self, file: str, line_number: int, reason: str) -> None:
         """Count one rejected line, keeping its position if it is among the first ones."""
@@ -68,6 +99,12 @@ class ImportReport:
             f"{self.rejected} rejected, {self.blank} blank; "
             f"{len(self.segments)} segment(s) written in {self.seconds:.1f} s",
         ]
+        for interrupted in self.recovered:
+            out.append(
+                f"{interrupted}: removed the partial events of an interrupted earlier import "
+                "(its lines are imported when that file is imported again)"
+            )
+        out.extend(skipped.describe() for skipped in self.skipped)
         if self.by_reason:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in self.by_reason.most_common())
             out.append(f"rejected by reason: {reasons}")

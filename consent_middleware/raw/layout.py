@@ -59,6 +59,16 @@ class RawLayout:
         return self.root / "links"
 
     @property
+    def imports(self) -> Path:
+        """Import history of ``import-log``: one record per imported file, and its lock."""
+        return self.root / "imports"
+
+    @property
+    def compactions(self) -> Path:
+        """Compaction records: which segments a merged segment replaces (``compact``)."""
+        return self.root / "compactions"
+
+    @property
     def quarantine(self) -> Path:
         """Segments found unreadable, moved aside so they never break a run."""
         return self.root / "quarantine"
