@@ -80,6 +80,7 @@ from anonymizer.store import (
 )
 from anonymizer.tables import TABLES, TableDef
 from anonymizer.tables.retention_weekly import MAX_WEEK_OFFSET
+from consent_middleware.raw.compaction import adopted_stamps, segment_readers_lock
 from consent_middleware.raw.layout import TEMP_SUFFIX, RawLayout
 from consent_middleware.raw.segments import list_segments
 from consent_middleware.tombstones import read_tombstones
@@ -334,7 +335,8 @@ def run(
     opts = options or RunOptions()
     raw, stats = Path(raw_dir), Path(stats_dir)
     validate(raw, stats, opts)
-    with _exclusive(raw):
+    # Shared: compaction waits for the run to finish before deleting segments it listed.
+    with _exclusive(raw), segment_readers_lock(raw, exclusive=False):
         return _locked_run(raw, stats, opts, progress)
 
 
@@ -495,8 +497,11 @@ def _run_steps(
 
     segments, spans = _screen(work, list_segments(raw), seen)
     stamps = {str(p.relative_to(raw)): _file_stamp(p) for p in segments}
+    # A segment `consent-admin compact` merged from segments all seen unchanged holds no new
+    # data: adopted as seen (it was still checked above like any other new file).
+    known = seen | adopted_stamps(raw, seen)
     new = [
-        p for p in segments if seen.get(str(p.relative_to(raw))) != stamps[str(p.relative_to(raw))]
+        p for p in segments if known.get(str(p.relative_to(raw))) != stamps[str(p.relative_to(raw))]
     ]
     report.new_segments = len(new)
 

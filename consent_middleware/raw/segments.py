@@ -98,11 +98,22 @@ def write_segment(
 
 
 def list_segments(raw_dir: str | Path) -> list[Path]:
-    """Every finished segment under ``events/``, oldest partition first."""
+    """Every finished segment under ``events/``, oldest partition first.
+
+    Segments a compaction merged into a segment also listed are left out (after a crash
+    between writing the merged file and deleting them, both are on disk for a while).
+    """
+    # Here, not at the top: compaction builds on this module.
+    from consent_middleware.raw.compaction import superseded_sources
+
     events = RawLayout.at(raw_dir).events
     if not events.is_dir():
         return []
-    return sorted(events.glob(f"date=*/*{SEGMENT_SUFFIX}"))
+    # Listed before the records are read: a merged file hides its sources only when it is
+    # in this same listing (see ``superseded_sources``).
+    found = sorted(events.glob(f"date=*/*{SEGMENT_SUFFIX}"))
+    hidden = superseded_sources(raw_dir, found)
+    return [p for p in found if str(p.relative_to(raw_dir)) not in hidden] if hidden else found
 
 
 def stale_temporaries(raw_dir: str | Path, older_than_s: float = 3600.0) -> Iterable[Path]:
