@@ -289,12 +289,14 @@ def compact_raw(
     raw = Path(raw_dir)
     clock = (now or datetime.now(UTC)).timestamp()
     report = CompactionReport(dry_run=dry_run, bytes_after=None if dry_run else 0)
-    with purge_lock(raw):
+    with purge_lock(raw), _import_lock(raw):
         if not dry_run:
             recover_compactions(raw, now=now, keep_records_s=keep_records_s, report=report)
+        unfinished = _unfinished_import_prefixes(raw)
         by_partition: dict[Path, list[Path]] = {}
         for segment in list_segments(raw):
-            by_partition.setdefault(segment.parent, []).append(segment)
+            if not segment.name.startswith(unfinished):
+                by_partition.setdefault(segment.parent, []).append(segment)
         for folder, segments in sorted(by_partition.items()):
             batches = _plan(segments, clock - min_age_s, target_rows)
             done = [m for b in batches if (m := b if dry_run else _merge(raw, folder, b, report))]
@@ -310,6 +312,47 @@ def compact_raw(
                 report.bytes_before += sum(s.size for s in merged)
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+IMPORT_LOCK: Final = "import.lock"
+"""The lock file ``anonymizer import-log`` holds in ``RAW/imports/`` while it imports
+(``anonymizer.importers.history.LOCK_NAME``; a test keeps the two equal)."""
+
+
+@contextmanager
+def _import_lock(raw: Path) -> Iterator[None]:
+    """Wait for a running ``import-log`` and keep the next one out while merging."""
+    folder = RawLayout.at(raw).imports
+    if not folder.is_dir():  # no import ever ran here (and none can start without it)
+        folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / IMPORT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _unfinished_import_prefixes(raw: Path) -> tuple[str, ...]:
+    """Name prefixes of the segments of every import recorded as started, never finished.
+
+    With the import lock held, such an import was killed; the next ``import-log`` finds its
+    segments by these names and removes them before importing the file again. Merged into
+    another segment, they would escape that and their lines would be imported twice.
+    """
+    folder = RawLayout.at(raw).imports
+    prefixes = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("status") != "started":
+            continue
+        fmt, import_id = data.get("format"), data.get("import_id")
+        if isinstance(fmt, str) and isinstance(import_id, str):
+            prefixes.append(f"import-{fmt}-{import_id}-")
+    return tuple(prefixes)
 
 
 @dataclass(frozen=True, slots=True)
