@@ -296,6 +296,12 @@ def erasure_step(hook: Hook | None = None) -> PurgeStep:
         with purge_lock(ctx.raw_dir):
             if not ctx.dry_run:
                 _remove_own_temporaries(ctx.raw_dir)
+                # A compaction killed after its merged file appeared leaves its sources
+                # hidden from every listing, erased visitors' rows included: finish it
+                # first, so that nothing erased outlives this purge on disk.
+                from consent_middleware.raw.compaction import recover_compactions
+
+                recover_compactions(ctx.raw_dir, now=ctx.now)
             removed: Counter[str] = Counter()
             if erased:
                 scan = _duckdb_scan(list_segments(ctx.raw_dir), erased)
