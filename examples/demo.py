@@ -120,6 +120,12 @@ def main() -> None:
     _step("Purge: retention, and the erased visitors' raw events removed for good")
     _run("consent-admin", "purge", "--raw", str(RAW))
 
+    # The demo's segments are seconds old; a real schedule keeps the default --min-age 1h.
+    _step("Compaction: the many small per-flush segments merged into one per day")
+    _run("consent-admin", "compact", "--raw", str(RAW), "--min-age", "0")
+    segments = sorted(RAW.glob("events/date=*/*.parquet"))
+    print(f"RAW store: {len(segments)} segment file(s) after compaction")
+
     _step("Running the anonymization pipeline (RAW → STATS, k = 10)")
     _run(
         "anonymizer",
