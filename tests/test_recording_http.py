@@ -108,6 +108,7 @@ def test_events_and_ledger_through_http(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["verify", "--raw", str(tmp_path), "--key", SECRET])
     assert result.exit_code == 0, result.output
     history = CliRunner().invoke(cli, ["receipt", "--raw", str(tmp_path), receipt, "--json"])
+    assert history.exit_code == 0, (history.output, history.exception)
     assert [h["action"] for h in json.loads(history.stdout)] == ["grant", "withdraw"]
 
     # Nothing that identifies the visitor or leaks the URLs reaches RAW, in any file.
