@@ -9,6 +9,9 @@ Layout under ``raw_dir`` (see :mod:`consent_middleware.raw.layout`)::
     requests/                                  visitors' rights requests
     links/                                     receipt id <-> anonymous id, hashed (postal requests)
     quarantine/                                segments found unreadable, moved aside
+    imports/                                   import-log history (hashes, counts) and its lock
+    compactions/                               merge records of `consent-admin compact`
+    pipeline/                                  the anonymizer's run state, locks and spill space
 """
 
 from consent_middleware.raw.layout import RawLayout
