@@ -1,8 +1,10 @@
 """The end-to-end demo behind ``make demo``: shop app → traffic → RAW → pipeline → STATS.
 
 It starts the example shop under uvicorn on a free loopback port, drives simulated
-browsers through it, stops it gracefully (so the recorder flushes everything), runs the
-anonymization pipeline, prints the top statistics and says where everything is. It leaves
+browsers through it, stops it gracefully (so the recorder flushes everything), checks the
+ledger, purges and compacts RAW, runs the anonymization pipeline, prints the top statistics,
+writes the marketing report, imports a real web server log (twice: nothing doubles) into a
+second store and publishes it too, and says where everything is. It leaves
 nothing running, even when interrupted.
 """
 
@@ -27,6 +29,11 @@ OUT = ROOT / "demo-output"
 RAW = OUT / "raw"
 STATS = OUT / "stats"
 REPORT = OUT / "report.html"
+# Real traffic from a web server log (beside the repository, as in CI); a separate RAW store:
+# its days (May 2015) are not the shop's.
+SAMPLE_LOG = ROOT.parent / "shared" / "data" / "apache_combined_sample.log"
+LOG_RAW = OUT / "log-raw"
+LOG_STATS = OUT / "log-stats"
 BIN = Path(sys.executable).parent
 # The demo signs cookies and the ledger with its own throwaway key, passed to every process.
 DEMO_KEY = os.environ.get("CONSENT_SECRET_KEY", "make-demo-throwaway-key")
@@ -99,6 +106,24 @@ def serve_and_drive(browsers: int, seconds: float) -> None:
             server.wait()
 
 
+def import_sample_log() -> None:
+    """Web server logs: import a real access log (bad lines reported, IPs never stored),
+    import it again (nothing is imported twice), publish its statistics."""
+    _step("Importing a real Apache access log (bots, a broken line, real user agents)")
+    log = ("--raw", str(LOG_RAW), "--format", "combined", "--site-host", "semicomplete.com")
+    _run("anonymizer", "import-log", *log, str(SAMPLE_LOG))
+    _step("Importing the same log again: nothing is imported twice")
+    _run("anonymizer", "import-log", *log, str(SAMPLE_LOG))
+    _run("anonymizer", "run", "--raw", str(LOG_RAW), "--stats", str(LOG_STATS), "--k", "10")
+    _run(
+        "anonymizer",
+        "query",
+        "--stats",
+        str(LOG_STATS),
+        "SELECT date, pageviews, visitors, visits FROM traffic_daily ORDER BY date",
+    )
+
+
 def main() -> None:
     """Run the whole demo."""
     browsers = int(os.environ.get("DEMO_BROWSERS", "400"))
@@ -160,6 +185,9 @@ def main() -> None:
     _step("Writing the marketing report (one self-contained HTML file, tables as CSV beside it)")
     _run("anonymizer", "report", "--stats", str(STATS), "--out", str(REPORT))
 
+    if SAMPLE_LOG.is_file():
+        import_sample_log()
+
     elapsed = time.monotonic() - started
     rel_raw, rel_stats = RAW.relative_to(ROOT), STATS.relative_to(ROOT)
     rel_report = REPORT.relative_to(ROOT)
@@ -170,6 +198,7 @@ def main() -> None:
   STATS store (anonymous, shareable):          {rel_stats}/
   Public notice (APPI Art. 43(3)):             {rel_stats}/notice.en.md, notice.ja.md
   Marketing report (open in a browser):        {rel_report}
+  Imported web server log (if found):          {OUT.relative_to(ROOT)}/log-raw/ -> log-stats/
 
 Next commands to try:
   .venv/bin/anonymizer query --stats {rel_stats} "SELECT * FROM hourly_traffic LIMIT 10"
