@@ -23,8 +23,6 @@ An erasure request is marked completed once no segment holds any of its ids any 
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from consent_middleware.raw.layout import SEGMENT_SUFFIX, RawLayout
+from consent_middleware.raw.locks import file_lock
 from consent_middleware.raw.segments import list_segments, replace_atomically
 from consent_middleware.receipt_links import all_links, prune_links
 from consent_middleware.request_log import load_requests, save_request
@@ -65,13 +64,8 @@ it to kill a purge at a chosen point)."""
 @contextmanager
 def purge_lock(raw_dir: Path) -> Iterator[None]:
     """Hold the RAW store's purge lock (blocks while another purge runs)."""
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(raw_dir / ".purge.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(raw_dir / ".purge.lock"):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 @dataclass(slots=True)

@@ -40,7 +40,6 @@ one's record and skips what it imported.
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import io
@@ -48,8 +47,7 @@ import json
 import re
 import secrets
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,13 +56,14 @@ from typing import Any, Final
 from anonymizer.importers.lines import read_head
 from anonymizer.importers.report import AlreadyImported
 from anonymizer.journal import fault_point
-from consent_middleware.raw.layout import SEGMENT_SUFFIX, RawLayout
+from consent_middleware.raw.layout import IMPORT_LOCK, SEGMENT_SUFFIX, RawLayout
+from consent_middleware.raw.locks import import_lock as import_lock  # the importer takes it here
 from consent_middleware.raw.segments import replace_atomically
 
 IDENTITY_BYTES: Final = 64 * 1024
 """How much of a file's decompressed head names it."""
 
-LOCK_NAME: Final = "import.lock"
+LOCK_NAME: Final = IMPORT_LOCK
 """The lock file in ``RAW/imports/`` held by every running import."""
 
 RECORD_SUFFIX: Final = ".json"
@@ -188,19 +187,6 @@ class ImportRecord:
 def imports_dir(raw_dir: str | Path) -> Path:
     """``RAW/imports/``."""
     return RawLayout.at(raw_dir).imports
-
-
-@contextmanager
-def import_lock(raw_dir: str | Path) -> Iterator[None]:
-    """Hold the exclusive import lock of ``raw_dir`` (waits for a running import)."""
-    folder = imports_dir(raw_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_NAME, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def write_record(raw_dir: str | Path, record: ImportRecord) -> Path:

@@ -29,7 +29,6 @@ whose merged file exists (rolled forward: the leftover sources are deleted). Com
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -47,7 +46,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from consent_middleware.erasure import purge_lock
+from consent_middleware.raw.layout import IMPORT_LOCK as IMPORT_LOCK  # re-exported
 from consent_middleware.raw.layout import TEMP_SUFFIX, RawLayout
+from consent_middleware.raw.locks import file_lock, import_lock
 from consent_middleware.raw.schema import RAW_EVENT_SCHEMA
 from consent_middleware.raw.segments import (
     _segment_name,
@@ -81,14 +82,8 @@ def segment_readers_lock(raw_dir: str | Path, *, exclusive: bool) -> Iterator[No
     """Readers that must not lose a listed segment hold this shared (``anonymizer run``);
     compaction holds it exclusively only while it deletes sources. Blocking; the OS releases
     it if the process dies."""
-    path = Path(raw_dir) / "pipeline" / "segments.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    with file_lock(Path(raw_dir) / "pipeline" / "segments.lock", exclusive=exclusive):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 # ----------------------------------------------------------------------------- records
@@ -289,7 +284,7 @@ def compact_raw(
     raw = Path(raw_dir)
     clock = (now or datetime.now(UTC)).timestamp()
     report = CompactionReport(dry_run=dry_run, bytes_after=None if dry_run else 0)
-    with purge_lock(raw), _import_lock(raw):
+    with purge_lock(raw), import_lock(raw):
         if not dry_run:
             recover_compactions(raw, now=now, keep_records_s=keep_records_s, report=report)
         unfinished = _unfinished_import_prefixes(raw)
@@ -312,25 +307,6 @@ def compact_raw(
                 report.bytes_before += sum(s.size for s in merged)
     report.seconds = round(time.monotonic() - started, 3)
     return report
-
-
-IMPORT_LOCK: Final = "import.lock"
-"""The lock file ``anonymizer import-log`` holds in ``RAW/imports/`` while it imports
-(``anonymizer.importers.history.LOCK_NAME``; a test keeps the two equal)."""
-
-
-@contextmanager
-def _import_lock(raw: Path) -> Iterator[None]:
-    """Wait for a running ``import-log`` and keep the next one out while merging."""
-    folder = RawLayout.at(raw).imports
-    if not folder.is_dir():  # no import ever ran here (and none can start without it)
-        folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / IMPORT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _unfinished_import_prefixes(raw: Path) -> tuple[str, ...]:

@@ -12,6 +12,9 @@ SEGMENT_SUFFIX = ".parquet"
 TEMP_SUFFIX = ".tmp"
 """Files still being written end with this and are ignored by every reader."""
 
+IMPORT_LOCK = "import.lock"
+"""The lock file in ``imports/`` (see :func:`consent_middleware.raw.locks.import_lock`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RawLayout:
@@ -62,6 +65,11 @@ class RawLayout:
     def imports(self) -> Path:
         """Import history of ``import-log``: one record per imported file, and its lock."""
         return self.root / "imports"
+
+    @property
+    def import_lock(self) -> Path:
+        """The lock file every import, and compaction, holds."""
+        return self.imports / IMPORT_LOCK
 
     @property
     def compactions(self) -> Path:
