@@ -308,6 +308,34 @@ def test_a_killed_import_is_undone_and_redone_once(tmp_path: Path, fault: str) -
     assert run(raw, [log, other]).imported == 0
 
 
+def test_a_failed_segment_write_undoes_the_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments are written on a writer thread while parsing goes on: a write that fails
+    must stop the import, and no segment of it may stay behind (nor be written later)."""
+    import anonymizer.importers.importer as importer
+
+    raw = tmp_path / "raw"
+    real_write = importer.write_segment
+    calls = 0
+
+    def failing_write(*args: object, **kwargs: object) -> list[Path]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError(28, "No space left on device")
+        return real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importer, "write_segment", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        import_log(raw, [SAMPLE], "combined", site_host=SITE, progress=False, batch_rows=1000)
+    assert list_segments(raw) == []
+    monkeypatch.setattr(importer, "write_segment", real_write)
+    report = run(raw, [SAMPLE])
+    assert report.imported == SAMPLE_IMPORTED
+    assert raw_rows(raw).num_rows == SAMPLE_IMPORTED
+
+
 # --------------------------------------------------------------------------- stray records
 
 RECORD_VALUES = st.recursive(

@@ -84,6 +84,34 @@ def _hmac_pads(key: bytes) -> tuple[Any, Any]:
     return inner, outer
 
 
+def _hmacs(inner_pad: Any, outer_pad: Any, messages: list[bytes]) -> list[bytes]:
+    """HMAC-SHA256 digest of each message, from the key's pads (see :func:`_hmac_pads`)."""
+    inner_copy, outer_copy = inner_pad.copy, outer_pad.copy
+    out: list[bytes] = []
+    for message in messages:
+        inner = inner_copy()
+        inner.update(message)
+        outer = outer_copy()
+        outer.update(inner.digest())
+        out.append(outer.digest())
+    return out
+
+
+_HEX_DIGITS: Final = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def _hex_strings(rows: np.ndarray) -> pa.Array:
+    """Each row of bytes (n x k uint8) as a string of 2k lower-case hex digits."""
+    count, width = rows.shape
+    text = np.empty((count, 2 * width), np.uint8)
+    text[:, 0::2] = _HEX_DIGITS[rows >> 4]
+    text[:, 1::2] = _HEX_DIGITS[rows & 15]
+    offsets = np.arange(count + 1, dtype=np.int32) * (2 * width)
+    return pa.Array.from_buffers(
+        pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
+    )
+
+
 class EventBuilder:
     """Builds RAW event tables from parsed-line tables of one import."""
 
@@ -157,25 +185,28 @@ class EventBuilder:
                 distinct, digit = np.divmod(distinct, radix)
                 digits.insert(0, digit)
             digits.insert(0, distinct)
-        ip_text = ips.dictionary.to_pylist()
-        agent_text = agents.dictionary.to_pylist()
-        host_text = hosts.dictionary.to_pylist()
-        hashes: list[str | None] = []
-        pads: dict[int, tuple[Any, Any]] = {}
-        for day, ip, agent, host in zip(*(d.tolist() for d in digits), strict=True):
-            if ip == 0:  # no IP: no hash
-                hashes.append(None)
-                continue
-            pad = pads.get(day)
-            if pad is None:
-                pad = pads[day] = _hmac_pads(self._salt(day + day_base))
-            message = f"{ip_text[ip - 1]}{_SEP}{agent_text[agent - 1]}{_SEP}{host_text[host - 1]}"
-            inner = pad[0].copy()
-            inner.update(message.encode("utf-8", "surrogateescape"))
-            outer = pad[1].copy()
-            outer.update(inner.digest())
-            hashes.append(outer.hexdigest()[:32])
-        return pc.take(pa.array(hashes, pa.string()), keys.indices)
+        day_of, ip_of, agent_of, host_of = digits
+        named = np.flatnonzero(ip_of)  # keys with an IP (digit 0: none, no hash)
+        digests = np.zeros((len(distinct), 32), np.uint8)
+        for day in np.unique(day_of[named]).tolist():
+            keys_of_day = named[day_of[named] == day]
+            # The messages (IP, agent and host joined) are built by Arrow; what is left
+            # for Python is the two SHA-256 calls of each HMAC.
+            messages = pc.binary_join_element_wise(
+                ips.dictionary.take(ip_of[keys_of_day] - 1),
+                agents.dictionary.take(agent_of[keys_of_day] - 1),
+                hosts.dictionary.take(host_of[keys_of_day] - 1),
+                _SEP,
+            )
+            inner_pad, outer_pad = _hmac_pads(self._salt(day + day_base))
+            digests[keys_of_day] = np.frombuffer(
+                b"".join(_hmacs(inner_pad, outer_pad, messages.cast(pa.binary()).to_pylist())),
+                np.uint8,
+            ).reshape(-1, 32)
+        hashes = _hex_strings(digests[:, :16])
+        if len(named) < len(distinct):
+            hashes = pc.if_else(pa.array(ip_of > 0), hashes, pa.scalar(None, pa.string()))
+        return pc.take(hashes, keys.indices)
 
     @staticmethod
     def _reduce(

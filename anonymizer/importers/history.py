@@ -112,7 +112,7 @@ class ConsumedDigest:
         self.sha = hashlib.sha256()
         self.size = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         """Add the next bytes read."""
         self.sha.update(data)
         self.size += len(data)

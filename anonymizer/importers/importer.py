@@ -137,41 +137,50 @@ def import_log(
     pending: list[pa.Table] = []
     started = time.perf_counter()
     current: list[FileImport] = []  # the file being imported: its segments carry its id
+    writes: deque[Future[None]] = deque()  # segment writes handed to the writer thread
 
     def write(force: bool) -> None:
         # Full batches of ``batch_rows`` events (one chunk may hold several); at the end,
         # whatever is left. The rest of a chunk waits for the next batch.
         rows = sum(t.num_rows for t in pending)
-        if not rows or (rows < batch_rows and not force):
-            return
-        table = pa.concat_tables(pending)
-        pending.clear()
-        start = 0
-        while rows - start >= batch_rows or (force and start < rows):
-            batch = table.slice(start, batch_rows)
-            file_import = current[-1]
-            file_import.start()
-            for segment in write_segment(raw_dir, batch, prefix=file_import.prefix):
-                report.segments.append(segment)
-                fault_point(f"import-segment-{len(report.segments)}")
-            start += batch.num_rows
-        if start < rows:
-            pending.append(table.slice(start))
+        if rows and (rows >= batch_rows or force):
+            table = pa.concat_tables(pending)
+            pending.clear()
+            start = 0
+            while rows - start >= batch_rows or (force and start < rows):
+                batch = table.slice(start, batch_rows)
+                writes.append(writer.submit(write_batch, batch, current[-1]))
+                start += batch.num_rows
+            if start < rows:
+                pending.append(table.slice(start))
+        # Writes finish in order; a failed one raises here. At most two wait (memory). At
+        # the end of a file, every segment is on disk before its import is recorded finished.
+        while writes and (force or writes[0].done() or len(writes) > 2):
+            writes.popleft().result()
 
-    def finish(result: _ChunkResult) -> None:
-        _record(result, report)
+    def write_batch(batch: pa.Table, file_import: FileImport) -> None:
+        file_import.start()
+        for segment in write_segment(raw_dir, batch, prefix=file_import.prefix):
+            report.segments.append(segment)
+            fault_point(f"import-segment-{len(report.segments)}")
+
+    def finish(result: _ChunkResult, file_lines: int) -> None:
+        # Numbered here, in file order: the workers count the lines of their chunks.
+        _record(result, report, result.chunk.skipped + file_lines + 1)
         if result.events.num_rows:
             pending.append(result.events)
             write(force=False)
 
     # Chunks are parsed by workers (threads, or processes for large inputs) while this thread
-    # reads ahead and writes segments; results are taken strictly in file order, so line
-    # numbers, the first rejects and the segments come out as a sequential run would.
+    # reads ahead and a writer thread writes segments (Parquet encoding and fsync release
+    # the GIL); results are taken strictly in file order, so line numbers, the first rejects
+    # and the segments come out as a sequential run would.
     # The lock makes imports into one RAW take turns; holding it, any unfinished import
     # on record was killed, and is undone before anything is read. It is taken after the
     # worker processes fork, so they never hold it after this process is gone.
     with (
         _workers(raw_dir, fmt, site_host, processes) as submit,
+        ThreadPoolExecutor(1) as writer,
         import_lock(raw_dir),
         _progress_bar(progress) as bar,
     ):
@@ -189,13 +198,17 @@ def import_log(
                 for chunk in _file_chunks(path, file_import.resume):
                     in_flight.append(submit(chunk))
                     if len(in_flight) > ahead:
-                        finish(in_flight.popleft().result())
+                        finish(in_flight.popleft().result(), report.lines - before[0])
                     if bar is not None and task is not None:
                         bar.update(task, completed=chunk.position)
                 while in_flight:
-                    finish(in_flight.popleft().result())
+                    finish(in_flight.popleft().result(), report.lines - before[0])
                 write(force=True)  # a segment holds the lines of one file's import only
             except BaseException:
+                for unfinished in writes:  # nothing may be written after the undo
+                    if not unfinished.cancel():
+                        unfinished.exception()  # waits for it to end
+                writes.clear()
                 file_import.abandon()
                 raise
             fault_point("import-before-finish")
@@ -216,15 +229,15 @@ def import_log(
 
 class _Chunk(NamedTuple):
     file: str
-    first_line: int  # line number of the block's first line
-    block: bytes | None  # whole lines (see read_blocks); None: one over-long line
-    lines: int  # how many lines the block holds
+    skipped: int  # lines of the file an earlier import read (see history.Resume)
+    block: bytes | memoryview | None  # whole lines (see read_blocks); None: an over-long line
     position: int  # bytes of the file on disk consumed so far
     corrupt: bool = False  # the compressed data broke here: the block is the damaged line
 
 
 class _ChunkResult(NamedTuple):
     chunk: _Chunk
+    lines: int  # how many lines the block holds
     events: pa.Table
     reasons: pa.Array  # per line: why it was rejected, or null
     blank: int
@@ -277,30 +290,31 @@ def _workers(raw_dir: str | Path, fmt: str, site_host: str, processes: int) -> I
         initargs=(str(raw_dir), fmt, site_host),
     ) as pool:
         pool.submit(int).result()  # fork every worker now, before this import starts threads
-        yield lambda chunk: pool.submit(_work, chunk)
+        # A block is a view of a read buffer, which cannot be pickled: send its bytes.
+        yield lambda chunk: pool.submit(
+            _work, chunk if chunk.block is None else chunk._replace(block=bytes(chunk.block))
+        )
 
 
 def _file_chunks(path: Path, resume: Resume) -> Iterator[_Chunk]:
     """The chunks of one file after what ``resume`` finds already imported; damaged
     compressed data ends the file with a corrupt chunk. Every byte read is hashed."""
     name = str(path)
-    number = 1
+    skipped = 0
     position = 0
     try:
         while True:
             with open_log(path) as (stream, tell):
                 if not resume.skip(stream):
                     continue  # read past the match: skip it in a fresh stream
-                number = resume.skipped_lines + 1
+                skipped = resume.skipped_lines
                 position = tell()
                 try:
                     for block in read_blocks(stream, digest=resume.digest.update):
                         position = tell()
-                        count = 1 if block is None else block.count(b"\n") + 1
-                        yield _Chunk(name, number, block, count, position)
-                        number += count
+                        yield _Chunk(name, skipped, block, position)
                 except CorruptStream:
-                    yield _Chunk(name, number, None, 1, position, corrupt=True)
+                    yield _Chunk(name, skipped, None, position, corrupt=True)
                 return
     except PrefixChanged as exc:
         raise ImportLogError(
@@ -309,7 +323,7 @@ def _file_chunks(path: Path, resume: Resume) -> Iterator[_Chunk]:
         ) from exc
     except OSError as exc:
         raise ImportLogError(
-            f"reading log file {name!r} failed near line {number}: {exc}; check the file "
+            f"reading log file {name!r} failed after byte {position}: {exc}; check the file "
             "and the disk, then import it again (the lines read from it were not kept)",
             path=path,
         ) from exc
@@ -319,7 +333,7 @@ def _import_chunk(chunk: _Chunk, parse: BatchParser, builder: EventBuilder) -> _
     """Parse, check and reduce one chunk of lines (runs on a worker thread)."""
     if chunk.corrupt:
         reasons = pa.array([REASON_CORRUPT], pa.string())
-        return _ChunkResult(chunk, RAW_EVENT_SCHEMA.empty_table(), reasons, 0, 0)
+        return _ChunkResult(chunk, 1, RAW_EVENT_SCHEMA.empty_table(), reasons, 0, 0)
     lines = block_lines(chunk.block)
     if pc.any(pc.ends_with(lines, "\r")).as_py():  # CRLF line endings
         lines = pc.utf8_rtrim(lines, characters="\r")
@@ -344,13 +358,14 @@ def _import_chunk(chunk: _Chunk, parse: BatchParser, builder: EventBuilder) -> _
         parsed if every and pc.all(target_ok).as_py() else parsed.filter(accepted)
     )
     blank_count = pc.sum(blank).as_py() or 0
-    return _ChunkResult(chunk, events, reasons, blank_count, events.num_rows)
+    return _ChunkResult(chunk, len(lines), events, reasons, blank_count, events.num_rows)
 
 
-def _record(result: _ChunkResult, report: ImportReport) -> None:
-    """Add one chunk's counts and first rejects to the report (in file order)."""
-    chunk, _, reasons, blank, imported = result
-    report.lines += chunk.lines
+def _record(result: _ChunkResult, report: ImportReport, first_line: int) -> None:
+    """Add one chunk's counts and first rejects (its first line is number ``first_line``)
+    to the report, in file order."""
+    chunk, lines, _, reasons, blank, imported = result
+    report.lines += lines
     report.blank += blank
     report.imported += imported
     rejected = pc.is_valid(reasons)
@@ -363,7 +378,7 @@ def _record(result: _ChunkResult, report: ImportReport) -> None:
     if room > 0:
         where = pc.indices_nonzero(rejected).slice(0, room)
         for index, reason in zip(where.to_pylist(), reasons.take(where).to_pylist(), strict=True):
-            report.rejects.append(Reject(chunk.file, chunk.first_line + index, reason))
+            report.rejects.append(Reject(chunk.file, first_line + index, reason))
 
 
 @contextmanager

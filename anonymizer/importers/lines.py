@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,23 +35,28 @@ class CorruptStream(Exception):
 
 
 class _Broken(Exception):
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, count: int) -> None:
         super().__init__("corrupt compressed data")
-        self.data = data
+        self.count = count
 
 
-def _read_block(stream: io.BufferedIOBase, size: int) -> bytes:
-    """Up to ``size`` bytes; on corrupt compressed data, raise with what was read before it."""
-    buffer = bytearray()
+def _read_into(stream: io.BufferedIOBase, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``stream`` (fewer bytes at its end); return how many were read.
+
+    The bytes go straight into ``buffer``: on a plain file the kernel copies them there with
+    the GIL released, so the parsing threads are not held up by copies on this thread. On
+    corrupt compressed data, raise with how many good bytes came before it.
+    """
+    got = 0
     try:
-        while len(buffer) < size:
-            piece = stream.read1(size - len(buffer))
-            if not piece:
+        while got < len(buffer):
+            count = stream.readinto1(buffer[got:])
+            if not count:
                 break
-            buffer += piece
+            got += count
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise _Broken(bytes(buffer)) from exc
-    return bytes(buffer)
+        raise _Broken(got) from exc
+    return got
 
 
 def check_readable(path: Path) -> None:
@@ -100,52 +106,61 @@ def open_log(path: Path) -> Iterator[tuple[io.BufferedIOBase, Callable[[], int]]
 def read_head(path: Path, size: int) -> bytes:
     """The first ``size`` decompressed bytes of ``path`` (fewer if it is shorter or
     its compressed data breaks before)."""
+    buffer = bytearray(size)
     with open_log(path) as (stream, _):
         try:
-            return _read_block(stream, size)
+            count = _read_into(stream, memoryview(buffer))
         except _Broken as exc:
-            return exc.data
+            count = exc.count
+    del buffer[count:]
+    return bytes(buffer)
 
 
 def read_blocks(
     stream: io.BufferedIOBase,
     chunk_bytes: int = CHUNK_BYTES,
-    digest: Callable[[bytes], object] | None = None,
-) -> Iterator[bytes | None]:
+    digest: Callable[[memoryview], object] | None = None,
+) -> Iterator[memoryview | None]:
     """The lines of ``stream`` as blocks of whole lines joined by ``\\n`` (no final newline).
 
-    A line longer than :data:`MAX_LINE_BYTES` that spans reads is skipped without being held
-    in memory and comes out as a None block; shorter over-long lines stay in their block and
+    A block is a view of a buffer of its own (no copy is made of the bytes read). A line
+    longer than :data:`MAX_LINE_BYTES` that spans reads is skipped without being held in
+    memory and comes out as a None block; shorter over-long lines stay in their block and
     are rejected by length later. Damaged compressed data raises :class:`CorruptStream`
     after the blocks before it. A block holds ``block.count(b"\\n") + 1`` lines.
     ``digest`` is given every byte read, in order, as it is read (for the import history).
     """
-    pending = b""
+    pending = b""  # the start of a line the last read cut in two
     skipping = False  # inside an over-long line: drop bytes up to the next newline
     broken: _Broken | None = None
     while broken is None:
+        # A fresh buffer per block: the blocks handed out are still being parsed.
+        buffer = bytearray(len(pending) + chunk_bytes)
+        buffer[: len(pending)] = pending
+        view = memoryview(buffer)
         try:
-            chunk = _read_block(stream, chunk_bytes)
+            count = _read_into(stream, view[len(pending) :])
         except _Broken as exc:
-            broken, chunk = exc, exc.data
-        if not chunk:
+            broken, count = exc, exc.count
+        if not count:
             break
+        end = len(pending) + count
         if digest is not None:
-            digest(chunk)
-        if skipping:
-            newline = chunk.find(b"\n")
+            digest(view[len(pending) : end])
+        start = 0
+        if skipping:  # nothing is pending
+            newline = buffer.find(b"\n", 0, end)
             if newline < 0:
                 continue
-            chunk = chunk[newline + 1 :]
+            start = newline + 1
             skipping = False
             yield None
-        data = pending + chunk if pending else chunk
-        cut = data.rfind(b"\n")
+        cut = buffer.rfind(b"\n", start, end)
         if cut < 0:
-            pending = data
+            pending = bytes(view[start:end])
         else:
-            pending = data[cut + 1 :]
-            yield data[:cut]
+            pending = bytes(view[cut + 1 : end])
+            yield view[start:cut]
         if len(pending) > MAX_LINE_BYTES + 1:
             pending = b""
             skipping = True
@@ -154,10 +169,10 @@ def read_blocks(
     if skipping:
         yield None
     elif pending:
-        yield pending
+        yield memoryview(pending)
 
 
-def block_lines(block: bytes | None) -> pa.Array:
+def block_lines(block: bytes | memoryview | None) -> pa.Array:
     """The lines of a block as a string array (None block: one null, over-long line).
 
     Bytes that are not UTF-8 become U+FFFD. ``\\n`` never occurs inside a UTF-8 sequence
@@ -165,9 +180,13 @@ def block_lines(block: bytes | None) -> pa.Array:
     """
     if block is None:
         return pa.nulls(1, pa.string())
+    # One binary value over the block's own memory (no copy), checked as UTF-8. Blocks are
+    # a few MiB: 32-bit offsets hold them.
+    offsets = pa.py_buffer(np.array([0, len(block)], np.int32))
+    whole = pa.Array.from_buffers(pa.binary(), 1, [None, offsets, pa.py_buffer(block)])
     try:
-        text = pa.array([block], pa.binary()).cast(pa.string())
+        text = whole.cast(pa.string())
     except pa.ArrowInvalid:  # not UTF-8: decode in Python, marking the bad bytes
-        text = pa.array([block.decode("utf-8", errors="replace")], pa.string())
+        text = pa.array([bytes(block).decode("utf-8", errors="replace")], pa.string())
     lines: pa.Array = pc.split_pattern(text, "\n").flatten()
     return lines
