@@ -6,7 +6,7 @@ times, each in its own process (so peak memory is each one's own):
 - ``import``: :func:`anonymizer.importers.import_log` (parse, scrub, hash, write RAW);
 - ``floor``: DuckDB reading the same file as one-column CSV lines and counting them.
 
-Writes ``benchmarks/results/import_log.json``. Usage::
+Writes ``benchmarks/results/import_log.json`` (``import_log_gzip.json`` with ``--gzip``). Usage::
 
     .venv/bin/python -m benchmarks.import_log [--lines 1000000] [--gzip]
 """
@@ -200,8 +200,9 @@ def main() -> None:
             "cpu_slowdown_vs_floor": round(imported["cpu_seconds"] / floor["cpu_seconds"], 1),
             "target_slowdown": 10,
         }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS.with_name("import_log_gzip.json") if args.gzip else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
