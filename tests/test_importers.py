@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from anonymizer.importers import LOG_FORMATS, ImportLogError, ImportReport, import_log
-from anonymizer.importers.lines import MAX_LINE_BYTES, block_lines, read_blocks
+from anonymizer.importers.lines import MAX_LINE_BYTES, BufferPool, block_lines, read_blocks
 from consent_middleware.raw.salts import SaltStore
 from consent_middleware.raw.schema import RAW_EVENT_SCHEMA
 from consent_middleware.raw.segments import list_segments
@@ -224,12 +224,27 @@ def test_crlf_line_endings_empty_files_and_a_missing_final_newline(tmp_path: Pat
 def test_an_over_long_line_is_skipped_across_reads_without_being_kept() -> None:
     long_line = b"x" * (MAX_LINE_BYTES * 3)
     data = b"a\n" + long_line + b"\nb\n" + long_line + b"\n" + long_line
-    blocks = list(read_blocks(io.BufferedReader(io.BytesIO(data)), chunk_bytes=1000))
+    blocks = list(read_blocks(io.BufferedReader(io.BytesIO(data)), pool=BufferPool(1000)))
     lines: list[str | None] = []
     for block in blocks:
         lines.extend(block_lines(block).to_pylist())
     assert lines == ["a", None, "b", None, None]
     assert all(block is None or len(block) < 1000 for block in blocks)
+
+
+def test_read_buffers_handed_back_are_reused_without_mixing_lines() -> None:
+    """Each block's lines are copied out before its buffer is read into again."""
+    data = b"".join(f"line {i} {'y' * (i % 97)}\n".encode() for i in range(5000))
+    pool = BufferPool(4096)
+    buffers: set[int] = set()
+    lines: list[str | None] = []
+    for block in read_blocks(io.BufferedReader(io.BytesIO(data)), pool=pool):
+        assert isinstance(block, memoryview)
+        buffers.add(id(block.obj))
+        lines.extend(block_lines(block).to_pylist())
+        pool.give_back(block)
+    assert lines == data.decode().splitlines()
+    assert len(buffers) == 1  # one buffer, read into again and again
 
 
 def test_only_the_first_twenty_rejects_are_listed_but_all_are_counted(tmp_path: Path) -> None:

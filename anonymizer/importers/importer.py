@@ -47,6 +47,7 @@ from anonymizer.importers.history import (
 )
 from anonymizer.importers.lines import (
     MAX_LINE_BYTES,
+    BufferPool,
     CorruptStream,
     block_lines,
     check_readable,
@@ -138,6 +139,7 @@ def import_log(
     started = time.perf_counter()
     current: list[FileImport] = []  # the file being imported: its segments carry its id
     writes: deque[Future[None]] = deque()  # segment writes handed to the writer thread
+    pool = BufferPool()  # read buffers, used again once their block is parsed
 
     def write(force: bool) -> None:
         # Full batches of ``batch_rows`` events (one chunk may hold several); at the end,
@@ -179,7 +181,7 @@ def import_log(
     # on record was killed, and is undone before anything is read. It is taken after the
     # worker processes fork, so they never hold it after this process is gone.
     with (
-        _workers(raw_dir, fmt, site_host, processes) as submit,
+        _workers(raw_dir, fmt, site_host, processes, pool) as submit,
         ThreadPoolExecutor(1) as writer,
         import_lock(raw_dir),
         _progress_bar(progress) as bar,
@@ -195,7 +197,7 @@ def import_log(
             before = (report.lines, report.imported, report.rejected, report.blank)
             try:
                 in_flight: deque[Future[_ChunkResult]] = deque()
-                for chunk in _file_chunks(path, file_import.resume):
+                for chunk in _file_chunks(path, file_import.resume, pool):
                     in_flight.append(submit(chunk))
                     if len(in_flight) > ahead:
                         finish(in_flight.popleft().result(), report.lines - before[0])
@@ -265,9 +267,11 @@ Submit = Callable[[_Chunk], "Future[_ChunkResult]"]
 
 
 @contextmanager
-def _workers(raw_dir: str | Path, fmt: str, site_host: str, processes: int) -> Iterator[Submit]:
+def _workers(
+    raw_dir: str | Path, fmt: str, site_host: str, processes: int, pool: BufferPool
+) -> Iterator[Submit]:
     """A function that hands a chunk to a worker: threads sharing one builder, or
-    ``processes`` processes with one builder each.
+    ``processes`` processes with one builder each. Blocks go back to ``pool`` once parsed.
 
     Processes are forked (a fork server or spawn would re-run the caller's main module) all
     at once, before the pool starts its own thread and before the progress bar starts its
@@ -280,7 +284,7 @@ def _workers(raw_dir: str | Path, fmt: str, site_host: str, processes: int) -> I
         parse = PARSERS[fmt]
         builder = EventBuilder(raw_dir, source=fmt, site_host=site_host.lower())
         with ThreadPoolExecutor(WORKERS) as threads:
-            yield lambda chunk: threads.submit(_import_chunk, chunk, parse, builder)
+            yield lambda chunk: threads.submit(_import_chunk, chunk, parse, builder, pool.give_back)
         return
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(
@@ -288,15 +292,22 @@ def _workers(raw_dir: str | Path, fmt: str, site_host: str, processes: int) -> I
         mp_context=context,
         initializer=_start_worker,
         initargs=(str(raw_dir), fmt, site_host),
-    ) as pool:
-        pool.submit(int).result()  # fork every worker now, before this import starts threads
-        # A block is a view of a read buffer, which cannot be pickled: send its bytes.
-        yield lambda chunk: pool.submit(
-            _work, chunk if chunk.block is None else chunk._replace(block=bytes(chunk.block))
-        )
+    ) as processes_pool:
+        processes_pool.submit(int).result()  # fork them all now, before any thread starts
+        yield lambda chunk: processes_pool.submit(_work, _picklable(chunk, pool))
 
 
-def _file_chunks(path: Path, resume: Resume) -> Iterator[_Chunk]:
+def _picklable(chunk: _Chunk, pool: BufferPool) -> _Chunk:
+    """``chunk`` with its block as bytes (a view of a read buffer cannot be pickled); the
+    buffer goes back to ``pool`` at once."""
+    if chunk.block is None or isinstance(chunk.block, bytes):
+        return chunk
+    block = bytes(chunk.block)
+    pool.give_back(chunk.block)
+    return chunk._replace(block=block)
+
+
+def _file_chunks(path: Path, resume: Resume, pool: BufferPool) -> Iterator[_Chunk]:
     """The chunks of one file after what ``resume`` finds already imported; damaged
     compressed data ends the file with a corrupt chunk. Every byte read is hashed."""
     name = str(path)
@@ -310,7 +321,7 @@ def _file_chunks(path: Path, resume: Resume) -> Iterator[_Chunk]:
                 skipped = resume.skipped_lines
                 position = tell()
                 try:
-                    for block in read_blocks(stream, digest=resume.digest.update):
+                    for block in read_blocks(stream, resume.digest.update, pool):
                         position = tell()
                         yield _Chunk(name, skipped, block, position)
                 except CorruptStream:
@@ -329,12 +340,21 @@ def _file_chunks(path: Path, resume: Resume) -> Iterator[_Chunk]:
         ) from exc
 
 
-def _import_chunk(chunk: _Chunk, parse: BatchParser, builder: EventBuilder) -> _ChunkResult:
-    """Parse, check and reduce one chunk of lines (runs on a worker thread)."""
+def _import_chunk(
+    chunk: _Chunk,
+    parse: BatchParser,
+    builder: EventBuilder,
+    release: Callable[[bytes | memoryview | None], None] | None = None,
+) -> _ChunkResult:
+    """Parse, check and reduce one chunk of lines (runs on a worker); ``release`` is
+    given the block as soon as its lines are copied out of it."""
     if chunk.corrupt:
         reasons = pa.array([REASON_CORRUPT], pa.string())
         return _ChunkResult(chunk, 1, RAW_EVENT_SCHEMA.empty_table(), reasons, 0, 0)
     lines = block_lines(chunk.block)
+    if release is not None:
+        release(chunk.block)
+        chunk = chunk._replace(block=None)  # its buffer holds another block from now on
     if pc.any(pc.ends_with(lines, "\r")).as_py():  # CRLF line endings
         lines = pc.utf8_rtrim(lines, characters="\r")
     length = pc.binary_length(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import queue
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -116,33 +117,64 @@ def read_head(path: Path, size: int) -> bytes:
     return bytes(buffer)
 
 
+class BufferPool:
+    """Read buffers, handed back once their block is parsed.
+
+    A new buffer of a few MiB costs page faults and zeroing, on the reading thread and
+    holding the GIL the parsing threads need; a buffer handed back is used again instead.
+    Thread-safe: the reading thread takes, the parsing threads give back.
+    """
+
+    def __init__(self, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.size = chunk_bytes + MAX_LINE_BYTES + 1  # a read plus a cut line before it
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+
+    def take(self) -> bytearray:
+        """A free buffer of :attr:`size` bytes (a new one if none was handed back)."""
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            return bytearray(self.size)
+
+    def give_back(self, block: bytes | memoryview | None) -> None:
+        """Let the buffer of a block from :func:`read_blocks` be used again: nothing may read
+        the block after this (the lines made from it are copies)."""
+        if isinstance(block, memoryview):
+            owner = block.obj
+            if isinstance(owner, bytearray) and len(owner) == self.size:
+                self._free.put(owner)
+
+
 def read_blocks(
     stream: io.BufferedIOBase,
-    chunk_bytes: int = CHUNK_BYTES,
     digest: Callable[[memoryview], object] | None = None,
+    pool: BufferPool | None = None,
 ) -> Iterator[memoryview | None]:
     """The lines of ``stream`` as blocks of whole lines joined by ``\\n`` (no final newline).
 
-    A block is a view of a buffer of its own (no copy is made of the bytes read). A line
-    longer than :data:`MAX_LINE_BYTES` that spans reads is skipped without being held in
-    memory and comes out as a None block; shorter over-long lines stay in their block and
-    are rejected by length later. Damaged compressed data raises :class:`CorruptStream`
-    after the blocks before it. A block holds ``block.count(b"\\n") + 1`` lines.
+    A block is a view of a buffer of ``pool`` (no copy is made of the bytes read); it stays
+    the block's until given back (:meth:`BufferPool.give_back`). A line longer than
+    :data:`MAX_LINE_BYTES` that spans reads is skipped without being held in memory and
+    comes out as a None block; shorter over-long lines stay in their block and are rejected
+    by length later. Damaged compressed data raises :class:`CorruptStream` after the blocks
+    before it. A block holds ``block.count(b"\\n") + 1`` lines.
     ``digest`` is given every byte read, in order, as it is read (for the import history).
     """
+    pool = pool or BufferPool()
     pending = b""  # the start of a line the last read cut in two
     skipping = False  # inside an over-long line: drop bytes up to the next newline
     broken: _Broken | None = None
     while broken is None:
-        # A fresh buffer per block: the blocks handed out are still being parsed.
-        buffer = bytearray(len(pending) + chunk_bytes)
+        buffer = pool.take()
         buffer[: len(pending)] = pending
         view = memoryview(buffer)
         try:
-            count = _read_into(stream, view[len(pending) :])
+            count = _read_into(stream, view[len(pending) : len(pending) + pool.chunk_bytes])
         except _Broken as exc:
             broken, count = exc, exc.count
         if not count:
+            pool.give_back(view)
             break
         end = len(pending) + count
         if digest is not None:
@@ -151,6 +183,7 @@ def read_blocks(
         if skipping:  # nothing is pending
             newline = buffer.find(b"\n", 0, end)
             if newline < 0:
+                pool.give_back(view)
                 continue
             start = newline + 1
             skipping = False
@@ -158,6 +191,7 @@ def read_blocks(
         cut = buffer.rfind(b"\n", start, end)
         if cut < 0:
             pending = bytes(view[start:end])
+            pool.give_back(view)
         else:
             pending = bytes(view[cut + 1 : end])
             yield view[start:cut]
