@@ -273,6 +273,8 @@ class SparkEngine:
 
     def _build_views(self) -> None:
         """Steps 1-4, the same SQL as DuckDB's; its TEMP TABLEs are cached here."""
+        for name, lookup in views.LOOKUP_IDS:
+            self._view(name, self._sql(lookup), cache=True)
         base = self._sql(views.base_sql(self.timezone, self._has_erased))
         self._view("base", base, cache=True).count()
         # ``base`` holds everything later steps read: the batch's raw rows can go.

@@ -129,21 +129,63 @@ def erased_filter(has_erased: bool, alias: str = "r", source: str = "raw") -> st
     )
 
 
+LOOKUP_IDS = (
+    (
+        "ua_ids",
+        "SELECT user_agent, is_bot, CAST(dense_rank() OVER"
+        " (ORDER BY device_type, browser, os) AS INTEGER) AS tech_id FROM ua_map",
+    ),
+    (
+        "tech_names",
+        "SELECT DISTINCT CAST(dense_rank() OVER (ORDER BY device_type, browser, os) AS INTEGER)"
+        " AS tech_id, device_type, browser, os FROM ua_map",
+    ),
+    (
+        "ref_ids",
+        "SELECT referrer_host, channel,"
+        " CAST(dense_rank() OVER (ORDER BY source) AS INTEGER) AS source_id FROM ref_map",
+    ),
+    (
+        "source_names",
+        "SELECT DISTINCT CAST(dense_rank() OVER (ORDER BY source) AS INTEGER) AS source_id,"
+        " source FROM ref_map",
+    ),
+    (
+        "page_ids",
+        "SELECT path, is_asset,"
+        " CAST(dense_rank() OVER (ORDER BY page) AS INTEGER) AS page_id FROM path_map",
+    ),
+    (
+        "page_names",
+        "SELECT DISTINCT CAST(dense_rank() OVER (ORDER BY page) AS INTEGER) AS page_id, page"
+        " FROM path_map",
+    ),
+)
+"""The lookups with integer ids (name, query), built after ``ua_map``, ``ref_map`` and
+``path_map``: ``base`` carries ids for the page, the user agent's (device type, browser,
+OS) and the referrer's source, and the ``*_names`` lookups turn them back into names.
+
+Ids are dense ranks in the order of the names, so ordering by an id orders as by its name
+(the sessionisation's tie-breaks rely on it), and equal names share an id. Sorting and
+storing a few integers per event instead of seven strings halves the cost of the
+sessionisation window."""
+
+
 def base_sql(timezone: str, has_erased: bool) -> str:
-    """Steps 1-3 per event: erase, drop identifiers, generalise (``ua_map``, ``ref_map`` and
-    ``path_map`` are the per-distinct-value lookups)."""
+    """Steps 1-3 per event: erase, drop identifiers, generalise (the lookups of
+    :data:`LOOKUP_IDS` give per-distinct-value ids; names are joined back later)."""
     local = local_time("r.ts", timezone)
     return (
         "SELECT"
         f" CAST({local} AS DATE) AS date, CAST(hour({local}) AS INTEGER) AS hour,"
         " epoch(r.ts) AS ts_s, r.method, r.status, r.duration_ms,"
-        " p.page, p.is_asset, hash(COALESCE(r.visitor_hash, r.aid)) AS visitor,"
-        " u.browser, u.os, u.device_type, r.language,"
-        " f.source, f.channel, r.utm_source, r.utm_medium, r.utm_campaign"
+        " p.page_id, p.is_asset, hash(COALESCE(r.visitor_hash, r.aid)) AS visitor,"
+        " u.tech_id, r.language,"
+        " f.source_id, f.channel, r.utm_source, r.utm_medium, r.utm_campaign"
         " FROM raw AS r"
-        " LEFT JOIN ua_map AS u ON u.user_agent = r.user_agent"
-        " LEFT JOIN ref_map AS f ON f.referrer_host IS NOT DISTINCT FROM r.referrer_host"
-        " JOIN path_map AS p ON p.path = r.path"
+        " LEFT JOIN ua_ids AS u ON u.user_agent = r.user_agent"
+        " LEFT JOIN ref_ids AS f ON f.referrer_host IS NOT DISTINCT FROM r.referrer_host"
+        " JOIN page_ids AS p ON p.path = r.path"
         # Bots never count; a missing user agent is a bot (every browser sends one).
         " WHERE NOT COALESCE(u.is_bot, TRUE)"
         " AND COALESCE(r.visitor_hash, r.aid) IS NOT NULL"
@@ -151,32 +193,38 @@ def base_sql(timezone: str, has_erased: bool) -> str:
     )
 
 
-REQUESTS_SQL = "SELECT date, visitor, page, status, duration_ms FROM base"
+REQUESTS_SQL = (
+    "SELECT b.date, b.visitor, n.page, b.status, b.duration_ms"
+    " FROM base AS b JOIN page_names AS n ON n.page_id = b.page_id"
+)
 
 
 def pageviews_sql() -> str:
-    """Step 4 in one sorted pass over ``base``.
+    """Step 4 in one sorted pass over ``base``, then the names of the ids.
 
     The gaps to the previous and next pageview of the same visitor and day say where visits
     start, which pageviews are bounces, and how long visits last. The full ORDER BY makes
-    entry attributes deterministic on equal times.
+    entry attributes deterministic on equal times (page and source ids order as their
+    names do).
     """
-    order = "ts_s, page, source, channel, utm_source, utm_medium, utm_campaign"
+    order = "ts_s, page_id, source_id, channel, utm_source, utm_medium, utm_campaign"
     gap = SESSION_GAP_SECONDS
     return (
-        " WITH pv AS (SELECT date, hour, ts_s, visitor, page, browser, os, device_type,"
-        f"  language, source, {CHANNEL_SQL} AS channel, utm_source, utm_medium, utm_campaign"
+        " WITH pv AS (SELECT date, hour, ts_s, visitor, page_id, tech_id,"
+        f"  language, source_id, {CHANNEL_SQL} AS channel, utm_source, utm_medium, utm_campaign"
         "  FROM base WHERE method = 'GET' AND status BETWEEN 200 AND 299 AND NOT is_asset),"
         " gaps AS (SELECT pv.*, ts_s - LAG(ts_s) OVER win AS gap_before,"
         # Parenthesised: Spark's parser reads ``win - ts_s`` as one hyphenated name.
         "  (LEAD(ts_s) OVER win) - ts_s AS gap_after FROM pv"
         f"  WINDOW win AS (PARTITION BY date, visitor ORDER BY {order}))"
-        " SELECT date, hour, ts_s, visitor, page, browser, os, device_type, language,"
-        " source, channel, utm_source, utm_medium, utm_campaign,"
-        f" CASE WHEN gap_before <= {gap} THEN 0 ELSE 1 END AS new_visit,"
-        f" CASE WHEN gap_before <= {gap} THEN gap_before ELSE 0 END AS visit_seconds,"
-        f" CASE WHEN gap_before <= {gap} OR gap_after <= {gap} THEN 0 ELSE 1 END AS bounce"
-        " FROM gaps"
+        " SELECT g.date, g.hour, g.ts_s, g.visitor, n.page, t.browser, t.os, t.device_type,"
+        " g.language, s.source, g.channel, g.utm_source, g.utm_medium, g.utm_campaign,"
+        f" CASE WHEN g.gap_before <= {gap} THEN 0 ELSE 1 END AS new_visit,"
+        f" CASE WHEN g.gap_before <= {gap} THEN g.gap_before ELSE 0 END AS visit_seconds,"
+        f" CASE WHEN g.gap_before <= {gap} OR g.gap_after <= {gap} THEN 0 ELSE 1 END AS bounce"
+        " FROM gaps AS g JOIN page_names AS n ON n.page_id = g.page_id"
+        " LEFT JOIN tech_names AS t ON t.tech_id = g.tech_id"
+        " LEFT JOIN source_names AS s ON s.source_id = g.source_id"
     )
 
 
