@@ -44,6 +44,10 @@ def table_sql(table: TableDef, *, k: int, max_pageviews: int) -> str:
         raise ValueError("k must be at least 1")
     source = table.source_sql(max_pageviews=max_pageviews)
     keys = (table.partition, *table.dimensions)
+    # The columns cells are grouped by: named dimensions by their id (see ``Names``).
+    named = {column for names in table.names for column in names.columns}
+    ids = tuple(names.id_column for names in table.names)
+    group_keys = (table.partition, *(d for d in table.dimensions if d not in named), *ids)
     measures = dict(table.measures)
     # Positional ORDER BY: the output columns, never a same-named source column.
     names = table.column_names
@@ -54,6 +58,8 @@ def table_sql(table: TableDef, *, k: int, max_pageviews: int) -> str:
         else ""
     )
     if not table.thresholded:
+        if table.names:
+            raise ValueError(f"{table.name}: an unthresholded table cannot name ids")
         select = ", ".join(measures.get(c, c) + f" AS {c}" for c in table.column_names)
         group = ", ".join(keys)
         return f"SELECT {select} FROM ({source}) AS src {gate} GROUP BY {group} ORDER BY {order}"
@@ -66,7 +72,7 @@ def table_sql(table: TableDef, *, k: int, max_pageviews: int) -> str:
     others = {
         dim: "NULL" if dim in table.numeric_dimensions else f"'{OTHER}'" for dim in table.dimensions
     }
-    key_list = ", ".join(keys)
+    key_list = ", ".join(group_keys)
     # A visitor-grain source has one row per visitor and cell: per cell, the distinct
     # count is a plain count, without a hash table of visitors per cell.
     distinct = "COUNT(DISTINCT visitor)"
@@ -91,11 +97,12 @@ def table_sql(table: TableDef, *, k: int, max_pageviews: int) -> str:
         or "FALSE"
     )
     # Null-safe join (IS NOT DISTINCT FROM is Spark's <=>); ``fold`` has one row per cell.
-    on = " AND ".join(f"src.{key} IS NOT DISTINCT FROM fold.{key}" for key in keys)
+    on = " AND ".join(f"src.{key} IS NOT DISTINCT FROM fold.{key}" for key in group_keys)
     return (
         f"WITH src AS (SELECT * FROM ({source}) AS s {gate}), "
-        f"cells AS (SELECT {key_list}, {cell_size} AS group_size{cell_measures}"
+        f"grouped AS (SELECT {key_list}, {cell_size} AS group_size{cell_measures}"
         f" FROM src GROUP BY {key_list}), "
+        f"cells AS ({_with_names(table, 'grouped')}), "
         f"fold AS (SELECT {key_list} FROM cells WHERE group_size < {k} OR ({merges})), "
         f"small AS (SELECT src.* FROM src JOIN fold ON {on}), "
         f"published AS (SELECT {kept} FROM cells WHERE group_size >= {k} AND NOT ({merges})"
@@ -103,6 +110,23 @@ def table_sql(table: TableDef, *, k: int, max_pageviews: int) -> str:
         f" HAVING {_threshold(table)} >= {k}) "
         f"SELECT {final} FROM published ORDER BY {order}"
     )
+
+
+def _with_names(table: TableDef, relation: str) -> str:
+    """``relation``'s rows with the names of ``table``'s id columns (:attr:`TableDef.names`)
+    added from their lookups; a null or unknown id gets null names."""
+    if not table.names:
+        return f"SELECT * FROM {relation}"
+    columns = []
+    joins = []
+    for i, names in enumerate(table.names):
+        alias = f"n{i}"
+        columns += [f"{alias}.{column}" for column in names.columns]
+        joins.append(
+            f" LEFT JOIN {names.lookup} AS {alias}"
+            f" ON {alias}.{names.id_column} = r.{names.id_column}"
+        )
+    return f"SELECT r.*, {', '.join(columns)} FROM {relation} AS r{''.join(joins)}"
 
 
 def _split_round(expr: str) -> tuple[str, str | None]:
@@ -145,7 +169,7 @@ def bounded_sql(
         raise ValueError("contribution bounds must be at least 1")
     if table.grain == "decision":
         raise ValueError(f"{table.name} has no visitor to bound")
-    source = table.source_sql(max_pageviews=max_pageviews)
+    source = _with_names(table, f"({table.source_sql(max_pageviews=max_pageviews)})")
     cell = ", ".join((table.partition, *table.dimensions))
     bounded = ", ".join(
         f"LEAST(GREATEST(COALESCE(SUM({expr}), 0), 0), {int(max_pageviews)}) AS {name}"

@@ -150,18 +150,21 @@ def test_public_numbers_are_short_and_never_understate(value: float) -> None:
 
 def test_bounded_sql_caps_rows_per_visitor_and_counts_per_row() -> None:
     con = duckdb.connect()
-    pv = [(date(2026, 3, 2), 1, f"/p{i}") for i in range(12) for _ in range(3)]  # 12 pages x3
-    pv += [(date(2026, 3, 2), 2, "/p0")] * 50  # 50 views of one page
+    pv = [(date(2026, 3, 2), 1, i) for i in range(12) for _ in range(3)]  # 12 pages x3
+    pv += [(date(2026, 3, 2), 2, 0)] * 50  # 50 views of one page
     con.register(
         "pageviews",
         pa.table(
             {
                 "date": [r[0] for r in pv],
                 "visitor": [r[1] for r in pv],
-                "page": [r[2] for r in pv],
+                "page_id": [r[2] for r in pv],
                 "new_visit": [0] * len(pv),
             }
         ),
+    )
+    con.register(
+        "page_names", pa.table({"page_id": range(12), "page": [f"/p{i}" for i in range(12)]})
     )
     table = TABLES["pages_daily"]
     spec = DP_SPECS["pages_daily"]

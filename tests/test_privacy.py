@@ -142,3 +142,59 @@ def test_sample_log_stats_are_k_anonymous_and_bot_free(sample_stats: Path) -> No
     assert "bot" not in kinds
     manifest = json.loads((sample_stats / "manifest.json").read_text())
     assert manifest["tables"]["pages_daily"]["rows"] > 0
+
+
+# ------------------------------------------------------------------ cells grouped by ids
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cells_grouped_by_ids_publish_what_cells_grouped_by_names_would(seed: int) -> None:
+    """``pages_daily`` groups pages by id and names its cells afterwards (``TableDef.names``):
+    the published rows must be exactly those of grouping by the page names, including a
+    real page named ``(other)``, which merges into the folded row."""
+    import dataclasses
+    import random
+
+    import duckdb
+    import pyarrow as pa
+
+    from anonymizer.privacy import table_sql
+
+    rng = random.Random(seed)
+    names = ["(other)", "/a", "/b", "/c", "/d", "/e", "/f"]
+    rows = []
+    for visitor in range(60):
+        for _ in range(rng.randint(1, 4)):
+            page = rng.choices(range(len(names)), weights=[3, 20, 8, 3, 2, 1, 1])[0]
+            rows.append((visitor, page, rng.randint(0, 1)))
+    con = duckdb.connect()
+    con.register(
+        "daily_visitors", pa.table({"date": [datetime(2026, 3, 2).date()], "visitors": [60]})
+    )
+    con.register(
+        "page_names",
+        pa.table({"page_id": range(len(names)), "page": names}),
+    )
+    columns = {
+        "date": [datetime(2026, 3, 2).date()] * len(rows),
+        "visitor": [r[0] for r in rows],
+        "page_id": [r[1] for r in rows],
+        "new_visit": [r[2] for r in rows],
+    }
+    con.register("pageviews", pa.table(columns))
+    con.register(
+        "pageviews_named",
+        pa.table({**columns, "page": [names[r[1]] for r in rows]}),
+    )
+    by_id = TABLES["pages_daily"]
+    by_name = dataclasses.replace(
+        by_id,
+        names=(),
+        source=by_id.source.replace("page_id", "page").replace(
+            "FROM pageviews", "FROM pageviews_named"
+        ),
+    )
+    for k in (3, 10, 25):
+        got = con.sql(table_sql(by_id, k=k, max_pageviews=2)).fetchall()
+        assert got == con.sql(table_sql(by_name, k=k, max_pageviews=2)).fetchall()
+        assert got and all(row[1] in names for row in got)

@@ -163,17 +163,18 @@ LOOKUP_IDS = (
 )
 """The lookups with integer ids (name, query), built after ``ua_map``, ``ref_map`` and
 ``path_map``: ``base`` carries ids for the page, the user agent's (device type, browser,
-OS) and the referrer's source, and the ``*_names`` lookups turn them back into names.
+OS) and the referrer's source, and the ``*_names`` lookups name them (see
+:class:`anonymizer.tables.base.Names`).
 
 Ids are dense ranks in the order of the names, so ordering by an id orders as by its name
 (the sessionisation's tie-breaks rely on it), and equal names share an id. Sorting and
-storing a few integers per event instead of seven strings halves the cost of the
-sessionisation window."""
+grouping a few integers per event instead of seven strings halves the cost of the
+sessionisation window and of the tables grouped by them."""
 
 
 def base_sql(timezone: str, has_erased: bool) -> str:
     """Steps 1-3 per event: erase, drop identifiers, generalise (the lookups of
-    :data:`LOOKUP_IDS` give per-distinct-value ids; names are joined back later)."""
+    :data:`LOOKUP_IDS` give per-distinct-value ids; tables name their cells)."""
     local = local_time("r.ts", timezone)
     return (
         "SELECT"
@@ -193,14 +194,11 @@ def base_sql(timezone: str, has_erased: bool) -> str:
     )
 
 
-REQUESTS_SQL = (
-    "SELECT b.date, b.visitor, n.page, b.status, b.duration_ms"
-    " FROM base AS b JOIN page_names AS n ON n.page_id = b.page_id"
-)
+REQUESTS_SQL = "SELECT date, visitor, page_id, status, duration_ms FROM base"
 
 
 def pageviews_sql() -> str:
-    """Step 4 in one sorted pass over ``base``, then the names of the ids.
+    """Step 4 in one sorted pass over ``base``.
 
     The gaps to the previous and next pageview of the same visitor and day say where visits
     start, which pageviews are bounces, and how long visits last. The full ORDER BY makes
@@ -217,20 +215,18 @@ def pageviews_sql() -> str:
         # Parenthesised: Spark's parser reads ``win - ts_s`` as one hyphenated name.
         "  (LEAD(ts_s) OVER win) - ts_s AS gap_after FROM pv"
         f"  WINDOW win AS (PARTITION BY date, visitor ORDER BY {order}))"
-        " SELECT g.date, g.hour, g.ts_s, g.visitor, n.page, t.browser, t.os, t.device_type,"
-        " g.language, s.source, g.channel, g.utm_source, g.utm_medium, g.utm_campaign,"
-        f" CASE WHEN g.gap_before <= {gap} THEN 0 ELSE 1 END AS new_visit,"
-        f" CASE WHEN g.gap_before <= {gap} THEN g.gap_before ELSE 0 END AS visit_seconds,"
-        f" CASE WHEN g.gap_before <= {gap} OR g.gap_after <= {gap} THEN 0 ELSE 1 END AS bounce"
-        " FROM gaps AS g JOIN page_names AS n ON n.page_id = g.page_id"
-        " LEFT JOIN tech_names AS t ON t.tech_id = g.tech_id"
-        " LEFT JOIN source_names AS s ON s.source_id = g.source_id"
+        " SELECT date, hour, ts_s, visitor, page_id, tech_id, language, source_id, channel,"
+        " utm_source, utm_medium, utm_campaign,"
+        f" CASE WHEN gap_before <= {gap} THEN 0 ELSE 1 END AS new_visit,"
+        f" CASE WHEN gap_before <= {gap} THEN gap_before ELSE 0 END AS visit_seconds,"
+        f" CASE WHEN gap_before <= {gap} OR gap_after <= {gap} THEN 0 ELSE 1 END AS bounce"
+        " FROM gaps"
     )
 
 
 VISITS_SQL = (
     "SELECT date, visitor,"
-    " ts_s AS visit_start_s, page AS entry_page, source, channel,"
+    " ts_s AS visit_start_s, page_id AS entry_page_id, source_id, channel,"
     " utm_source, utm_medium, utm_campaign, bounce FROM pageviews WHERE new_visit = 1"
 )
 DAILY_VISITORS_SQL = "SELECT date, COUNT(DISTINCT visitor) AS visitors FROM pageviews GROUP BY date"

@@ -7,13 +7,22 @@ part of each source, the k-threshold and ``(other)`` folding are added around it
 
 Sources read only these intermediate views, which every engine provides:
 
-``pageviews``       date, hour, ts_s, visitor, page, browser, os, device_type, language,
-                    source, channel, utm_*, and from sessionising: new_visit (1 on a
-                    visit's first pageview), visit_seconds (time since the previous
-                    pageview of the same visit, else 0), bounce (1 on a one-pageview visit)
+``pageviews``       date, hour, ts_s, visitor, page_id, tech_id, language, source_id,
+                    channel, utm_*, and from sessionising: new_visit (1 on a visit's first
+                    pageview), visit_seconds (time since the previous pageview of the same
+                    visit, else 0), bounce (1 on a one-pageview visit)
 ``visits``          the first pageview of each visit: date, visitor, visit_start_s,
-                    entry_page, source, channel, utm_source, utm_medium, utm_campaign, bounce
-``requests``        date, visitor, page, status, duration_ms (every non-bot request)
+                    entry_page_id, source_id, channel, utm_source, utm_medium, utm_campaign,
+                    bounce
+``requests``        date, visitor, page_id, status, duration_ms (every non-bot request)
+``page_names``      page_id, page
+``tech_names``      tech_id, device_type, browser, os
+``source_names``    source_id, source
+
+Pages, (device type, browser, OS) combinations and sources are integer ids in the per-event
+views: grouping and sorting integers is much cheaper than strings. A table whose source
+gives an id declares it in :attr:`TableDef.names`, and the privacy step names its cells
+after grouping them (ids are dense ranks of the names: one id per name, in name order).
 ``daily_visitors``  date, visitors (distinct visitors with a pageview that day)
 ``consent_decisions`` date, decision, purpose, granted, refused (one row per purpose named)
 ``retention_activity`` visitor, week_start, week_index (consented anonymous ids only)
@@ -31,6 +40,18 @@ import pyarrow as pa
 
 Grain = Literal["visitor", "event", "decision"]
 """What one source row stands for: one visitor in one cell, one event, one consent decision."""
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Dimensions a source gives as one integer id, named from a lookup after grouping."""
+
+    id_column: str
+    """The source column holding the id (e.g. ``page_id``)."""
+    lookup: str
+    """The view mapping ids to names (e.g. ``page_names``), one row per id."""
+    columns: tuple[str, ...]
+    """The dimension columns the lookup names (e.g. ``("page",)``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +80,8 @@ class TableDef:
     """True: days with fewer than k visitors in total publish no row of this table."""
     numeric_dimensions: frozenset[str] = field(default_factory=frozenset)
     """Dimensions whose folded ``(other)`` value is NULL instead of the text ``(other)``."""
+    names: tuple[Names, ...] = ()
+    """Dimensions the source gives as ids (its rows have the id column instead)."""
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -78,3 +101,8 @@ class TableDef:
     def source_sql(self, *, max_pageviews: int) -> str:
         """The source query with its contribution bound filled in."""
         return self.source.replace("{max_pageviews}", str(int(max_pageviews)))
+
+
+PAGE_NAMES = Names("page_id", "page_names", ("page",))
+TECH_NAMES = Names("tech_id", "tech_names", ("device_type", "browser", "os"))
+SOURCE_NAMES = Names("source_id", "source_names", ("source",))

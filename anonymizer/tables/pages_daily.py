@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from anonymizer.tables.base import TableDef
+from anonymizer.tables.base import PAGE_NAMES, TableDef
 
 PAGES_DAILY = TableDef(
     name="pages_daily",
@@ -20,12 +20,13 @@ PAGES_DAILY = TableDef(
     # A visit's entry page is the page of its first pageview (``new_visit = 1``): one
     # grouping of ``pageviews`` counts both views and entries.
     source="""
-        SELECT date, page, visitor,
+        SELECT date, page_id, visitor,
                LEAST(COUNT(*), {max_pageviews}) AS pageviews,
                LEAST(SUM(new_visit), {max_pageviews}) AS entries
         FROM pageviews
-        GROUP BY date, page, visitor
+        GROUP BY date, page_id, visitor
     """,
+    names=(PAGE_NAMES,),
     measures=(
         ("pageviews", "SUM(pageviews)"),
         ("visitors", "COUNT(DISTINCT visitor)"),

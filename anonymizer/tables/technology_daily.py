@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from anonymizer.tables.base import TableDef
+from anonymizer.tables.base import TECH_NAMES, TableDef
 
 TECHNOLOGY_DAILY = TableDef(
     name="technology_daily",
@@ -19,10 +19,10 @@ TECHNOLOGY_DAILY = TableDef(
     partition="date",
     dimensions=("device_type", "browser", "os"),
     source="""
-        SELECT date, device_type, browser, os, visitor,
-               LEAST(COUNT(*), {max_pageviews}) AS pageviews
-        FROM pageviews GROUP BY date, device_type, browser, os, visitor
+        SELECT date, tech_id, visitor, LEAST(COUNT(*), {max_pageviews}) AS pageviews
+        FROM pageviews GROUP BY date, tech_id, visitor
     """,
+    names=(TECH_NAMES,),
     measures=(("visitors", "COUNT(DISTINCT visitor)"), ("pageviews", "SUM(pageviews)")),
 )
 """A (device, browser, OS) combination below k is folded as a whole."""
