@@ -127,25 +127,34 @@ class Span:
     """Latest ``ts`` (UTC); None when the segment has no rows."""
 
 
-def _check_rows(
-    batch: pa.RecordBatch, start: pa.Scalar, end: pa.Scalar
-) -> Problem | tuple[datetime, datetime] | None:
-    """The batch's problem, else its ``ts`` bounds (None for an empty batch)."""
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _instant(microseconds: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=microseconds)
+
+
+def _check_rows(batch: pa.RecordBatch, start: int, end: int) -> Problem | tuple[int, int] | None:
+    """The batch's problem, else its ``ts`` bounds in microseconds (None for an empty batch).
+
+    Times are compared as integers: making a timestamp scalar from a Python datetime would
+    make pyarrow import pandas (a quarter of a second) just to check its type.
+    """
     for name in _REQUIRED:
         nulls = batch.column(name).null_count
         if nulls:
             return Problem("invalid-rows", f"{nulls} row(s) without {name!r}")
     if not batch.num_rows:
         return None
-    bounds = pc.min_max(batch.column("ts"))
+    bounds = pc.min_max(batch.column("ts").cast(pa.int64())).as_py()
     low, high = bounds["min"], bounds["max"]
-    if pc.less(low, start).as_py() or pc.greater_equal(high, end).as_py():
+    if low < start or high >= end:
         return Problem(
             "misplaced",
-            f"ts from {low.as_py().isoformat()} to {high.as_py().isoformat()} "
-            f"is outside {start.as_py().date().isoformat()} (UTC)",
+            f"ts from {_instant(low).isoformat()} to {_instant(high).isoformat()} "
+            f"is outside {_instant(start).date().isoformat()} (UTC)",
         )
-    return low.as_py(), high.as_py()
+    return low, high
 
 
 def check_segment(path: Path) -> Problem | None:
@@ -187,13 +196,11 @@ def inspect_segment(path: Path) -> Problem | Span:
             return problem
         # Opened again (the footer only) to decode the strings as dictionaries.
         parquet = pq.ParquetFile(path, read_dictionary=list(_AS_DICTIONARY))
-        start_dt = datetime.combine(day, time(), UTC)
-        ts_type = RAW_EVENT_SCHEMA.field("ts").type
-        start = pa.scalar(start_dt, ts_type)
-        end = pa.scalar(start_dt + timedelta(days=1), ts_type)
+        start = (datetime.combine(day, time(), UTC) - _EPOCH) // timedelta(microseconds=1)
+        end = start + 86_400_000_000
         rows = 0
-        first: datetime | None = None
-        last: datetime | None = None
+        first: int | None = None
+        last: int | None = None
         for batch in parquet.iter_batches(
             batch_size=READ_BATCH_ROWS, columns=list(RAW_EVENT_SCHEMA.names)
         ):
@@ -211,7 +218,9 @@ def inspect_segment(path: Path) -> Problem | Span:
         # Thrift and page decoding errors surface as any of these, depending on where the
         # damage is.
         return Problem("unreadable", _one_line(exc))
-    return Span(rows, first, last)
+    if first is None or last is None:
+        return Span(rows, None, None)
+    return Span(rows, _instant(first), _instant(last))
 
 
 def _free_name(folder: Path, name: str) -> Path:

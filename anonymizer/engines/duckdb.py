@@ -112,8 +112,12 @@ class DuckDBEngine:
 
     def register_erased(self, aid_hashes: Collection[str]) -> None:
         """Step 1 input: SHA-256 hex digests of erased anonymous ids."""
-        table = pa.table({"aid_sha256": pa.array(sorted(aid_hashes), pa.string())})
-        self._register("erased", table)
+        # Through DuckDB, not an Arrow table built from the list: pyarrow would import pandas.
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE erased AS"
+            " SELECT CAST(unnest(?) AS VARCHAR) AS aid_sha256",
+            [sorted(aid_hashes)],
+        )
         self._has_erased = bool(aid_hashes)
 
     # ------------------------------------------------------------------ daily batch
