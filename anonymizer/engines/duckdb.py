@@ -167,6 +167,7 @@ class DuckDBEngine:
         # ``requests`` and ``pageviews``.
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE base AS {base}")
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE requests AS {views.REQUESTS_SQL}")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE status_names AS {views.STATUS_NAMES_SQL}")
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE pageviews AS {views.pageviews_sql()}")
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW visits AS {views.VISITS_SQL}")
         self.con.execute(

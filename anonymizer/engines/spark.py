@@ -280,6 +280,7 @@ class SparkEngine:
         # ``base`` holds everything later steps read: the batch's raw rows can go.
         self._cached.pop("raw").unpersist()
         self._view("requests", self._sql(views.REQUESTS_SQL))
+        self._view("status_names", self._sql(views.STATUS_NAMES_SQL), cache=True)
         self._view("pageviews", self._sql(views.pageviews_sql()), cache=True)
         self._view("visits", self._sql(views.VISITS_SQL))
         self._view("daily_visitors", self._sql(views.DAILY_VISITORS_SQL), cache=True)

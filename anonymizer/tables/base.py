@@ -18,6 +18,7 @@ Sources read only these intermediate views, which every engine provides:
 ``page_names``      page_id, page
 ``tech_names``      tech_id, device_type, browser, os
 ``source_names``    source_id, source
+``status_names``    status_digit (the status's hundreds), status_class (e.g. ``4xx``)
 
 Pages, (device type, browser, OS) combinations and sources are integer ids in the per-event
 views: grouping and sorting integers is much cheaper than strings. A table whose source
@@ -106,3 +107,4 @@ class TableDef:
 PAGE_NAMES = Names("page_id", "page_names", ("page",))
 TECH_NAMES = Names("tech_id", "tech_names", ("device_type", "browser", "os"))
 SOURCE_NAMES = Names("source_id", "source_names", ("source",))
+STATUS_NAMES = Names("status_digit", "status_names", ("status_class",))

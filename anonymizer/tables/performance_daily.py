@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from anonymizer.tables.base import PAGE_NAMES, TableDef
+from anonymizer.tables.base import PAGE_NAMES, STATUS_NAMES, TableDef
 
 PERFORMANCE_DAILY = TableDef(
     name="performance_daily",
@@ -25,8 +25,7 @@ PERFORMANCE_DAILY = TableDef(
     source="""
         WITH classed AS (
             SELECT date, page_id, visitor, duration_ms,
-                   CONCAT(CAST(CAST(FLOOR(status / 100) AS INTEGER) AS VARCHAR), 'xx')
-                       AS status_class
+                   CAST(FLOOR(status / 100) AS INTEGER) AS status_digit
             FROM requests
         ),
         heavy AS (
@@ -34,15 +33,15 @@ PERFORMANCE_DAILY = TableDef(
             GROUP BY date, visitor HAVING COUNT(*) > {max_pageviews}
         ),
         light AS (
-            SELECT c.date, c.page_id, c.status_class, c.visitor, c.duration_ms
+            SELECT c.date, c.page_id, c.status_digit, c.visitor, c.duration_ms
             FROM classed AS c LEFT JOIN heavy AS h
               ON c.date = h.date AND c.visitor = h.visitor
             WHERE h.visitor IS NULL
         ),
         capped AS (
-            SELECT date, page_id, status_class, visitor, duration_ms FROM (
+            SELECT date, page_id, status_digit, visitor, duration_ms FROM (
                 SELECT c.*, ROW_NUMBER() OVER (
-                    PARTITION BY c.date, c.page_id, c.status_class, c.visitor
+                    PARTITION BY c.date, c.page_id, c.status_digit, c.visitor
                     ORDER BY c.duration_ms
                 ) AS n
                 FROM classed AS c JOIN heavy AS h
@@ -51,7 +50,7 @@ PERFORMANCE_DAILY = TableDef(
         )
         SELECT * FROM light UNION ALL SELECT * FROM capped
     """,
-    names=(PAGE_NAMES,),
+    names=(PAGE_NAMES, STATUS_NAMES),
     measures=(
         ("requests", "COUNT(*)"),
         ("p50_ms", "ROUND(PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY duration_ms), 1)"),
