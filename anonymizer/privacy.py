@@ -45,8 +45,8 @@ def table_sql(table: TableDef, *, k: int, max_pageviews: int) -> str:
     source = table.source_sql(max_pageviews=max_pageviews)
     keys = (table.partition, *table.dimensions)
     # The columns cells are grouped by: named dimensions by their id (see ``Names``).
-    named = {column for names in table.names for column in names.columns}
-    ids = tuple(names.id_column for names in table.names)
+    named = {column for lookup in table.names for column in lookup.columns}
+    ids = tuple(lookup.id_column for lookup in table.names)
     group_keys = (table.partition, *(d for d in table.dimensions if d not in named), *ids)
     measures = dict(table.measures)
     # Positional ORDER BY: the output columns, never a same-named source column.
@@ -119,12 +119,12 @@ def _with_names(table: TableDef, relation: str) -> str:
         return f"SELECT * FROM {relation}"
     columns = []
     joins = []
-    for i, names in enumerate(table.names):
+    for i, lookup in enumerate(table.names):
         alias = f"n{i}"
-        columns += [f"{alias}.{column}" for column in names.columns]
+        columns += [f"{alias}.{column}" for column in lookup.columns]
         joins.append(
-            f" LEFT JOIN {names.lookup} AS {alias}"
-            f" ON {alias}.{names.id_column} = r.{names.id_column}"
+            f" LEFT JOIN {lookup.lookup} AS {alias}"
+            f" ON {alias}.{lookup.id_column} = r.{lookup.id_column}"
         )
     return f"SELECT r.*, {', '.join(columns)} FROM {relation} AS r{''.join(joins)}"
 

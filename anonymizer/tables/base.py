@@ -19,14 +19,15 @@ Sources read only these intermediate views, which every engine provides:
 ``tech_names``      tech_id, device_type, browser, os
 ``source_names``    source_id, source
 ``status_names``    status_digit (the status's hundreds), status_class (e.g. ``4xx``)
-
-Pages, (device type, browser, OS) combinations and sources are integer ids in the per-event
-views: grouping and sorting integers is much cheaper than strings. A table whose source
-gives an id declares it in :attr:`TableDef.names`, and the privacy step names its cells
-after grouping them (ids are dense ranks of the names: one id per name, in name order).
 ``daily_visitors``  date, visitors (distinct visitors with a pageview that day)
 ``consent_decisions`` date, decision, purpose, granted, refused (one row per purpose named)
 ``retention_activity`` visitor, week_start, week_index (consented anonymous ids only)
+
+Pages, (device type, browser, OS) combinations, sources and status classes are integer ids
+in the per-event views: grouping and sorting integers is much cheaper than strings. A table
+whose source gives an id declares it in :attr:`TableDef.names`, and the privacy step names
+its cells after grouping them (one id per name; page and source ids are dense ranks of the
+names, so they also sort as the names do).
 
 The SQL avoids engine-only functions so that a second engine (Spark, via sqlglot) can run it.
 ``{max_pageviews}`` is the only template parameter a source may use.
