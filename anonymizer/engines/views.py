@@ -196,9 +196,9 @@ def base_sql(timezone: str, has_erased: bool) -> str:
 
 REQUESTS_SQL = "SELECT date, visitor, page_id, status, duration_ms FROM base"
 STATUS_NAMES_SQL = (
-    "SELECT DISTINCT CAST(FLOOR(status / 100) AS INTEGER) AS status_digit,"
-    " CONCAT(CAST(CAST(FLOOR(status / 100) AS INTEGER) AS VARCHAR), 'xx') AS status_class"
-    " FROM requests"
+    "SELECT status_digit, CONCAT(CAST(status_digit AS VARCHAR), 'xx') AS status_class FROM"
+    " (SELECT DISTINCT CAST(FLOOR(status / 100) AS INTEGER) AS status_digit FROM requests)"
+    " AS digits"
 )
 """Each status class of the batch's requests, named: the tables group by the digit."""
 
