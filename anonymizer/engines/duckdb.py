@@ -223,17 +223,16 @@ class DuckDBEngine:
                 " CAST(NULL AS BIGINT) AS week_index WHERE FALSE"
             )
             return 0
-        # One scan, reduced at once to (id, local day, user agent): a few rows per visitor.
+        # A view read twice: for the user agents (and the count), then for the activity.
         # The daily batch's ``raw`` view is left alone.
         consented = views.consented_sql(_parquet_scan(files), self.timezone)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE consented AS {consented}")
-        uas = self.con.sql(views.DISTINCT_CONSENTED_USER_AGENTS_SQL).to_arrow_table()
-        self._register("ua_map", classify_user_agents(uas.column(0).to_pylist()))
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW consented AS {consented}")
+        agents = self.con.execute(views.CONSENTED_USER_AGENTS_SQL).fetchall()
+        self._register("ua_map", classify_user_agents([agent for agent, _ in agents]))
         activity = views.retention_activity_sql(getattr(self, "_has_erased", False))
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE retention_activity AS {activity}")
-        count = self.con.execute(views.CONSENTED_EVENTS_SQL).fetchall()
-        self.con.execute("DROP TABLE consented")
-        return int(count[0][0])
+        self.con.execute("DROP VIEW consented")
+        return sum(int(events) for _, events in agents)
 
     # ------------------------------------------------------------------ tables
 
