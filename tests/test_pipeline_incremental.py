@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from synthetic import crowd, generate
@@ -131,3 +133,40 @@ def test_the_same_raw_gives_byte_identical_files(tmp_path: Path) -> None:
     a = {k: v[0] for k, v in snapshot(tmp_path / "a").items()}
     b = {k: v[0] for k, v in snapshot(tmp_path / "b").items()}
     assert len(a) > 20 and a == b
+
+
+def test_runs_split_at_a_local_midnight_keep_every_event_in_a_zone_whose_rules_changed(
+    tmp_path: Path,
+) -> None:
+    """Batch bounds and each event's local date come from the same tz database.
+
+    For America/Vancouver in November 2026, Python's tz database and the one DuckDB bundles
+    disagree by an hour. Two runs split the events at a local midnight; with the two
+    databases mixed, the events of the hour they disagree on were left out of both runs.
+    """
+    from synthetic import event
+
+    from anonymizer.engines.offsets import offset_spans
+
+    raw, stats = tmp_path / "raw", tmp_path / "stats"
+    start = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    slots = [start + timedelta(minutes=10 * i) for i in range(3 * 24 * 6)]
+    events = [
+        event(ts + timedelta(seconds=v), f"v{v}-{ts:%d%H}") for ts in slots for v in range(12)
+    ]
+    # The first run gets everything before 2026-11-11 08:30 UTC: local midnight by one
+    # database (08:00 UTC), 01:30 of the next day by the other.
+    cut = datetime(2026, 11, 11, 8, 30, tzinfo=UTC)
+    options = RunOptions(timezone="America/Vancouver", final_after_days=365, now=cut)
+    write_segment(raw, [e for e in events if e["ts"] < cut])
+    anonymizer.run(raw, stats, options)
+    write_segment(raw, [e for e in events if e["ts"] >= cut])
+    anonymizer.run(raw, stats, dataclasses.replace(options, now=slots[-1]))
+    con = anonymizer.connect(stats)
+    ((published,),) = con.execute("SELECT SUM(pageviews) FROM traffic_daily").fetchall()
+    assert published == len(events)
+    # Every event on the local day of Python's tz database.
+    zone_days = {e["ts"].astimezone(ZoneInfo("America/Vancouver")).date() for e in events}
+    days = {d for (d,) in con.execute("SELECT date FROM traffic_daily").fetchall()}
+    assert days == zone_days
+    assert len(offset_spans("America/Vancouver", start, slots[-1])) == 1  # no DST switch here

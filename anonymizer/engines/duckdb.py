@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from anonymizer.engines import views
+from anonymizer.engines.offsets import offset_clock
+from anonymizer.engines.views import Clock, utc_bounds
 from anonymizer.engines.views import sql_string as _sql_string
-from anonymizer.engines.views import utc_bounds
 from anonymizer.generalize import classify_referrers, classify_user_agents
 from anonymizer.privacy import table_sql
 from anonymizer.tables.base import TableDef
@@ -50,7 +51,7 @@ def _parquet_scan(files: Sequence[Path]) -> str:
 _SUMMARY_SETS = ("d", "policy_version", "user_agent", "referrer_host", "path")
 
 
-def _summary_sql(timezone: str) -> str:
+def _summary_sql(clock: Clock) -> str:
     """One scan of ``raw`` for what :mod:`anonymizer.engines.views` asks in five queries
     (:func:`~anonymizer.engines.views.day_counts_sql`, ``POLICY_VERSIONS_SQL``,
     ``DISTINCT_USER_AGENTS_SQL``, ``DISTINCT_REFERRERS_SQL``, ``DISTINCT_PATHS_SQL``): the
@@ -61,7 +62,7 @@ def _summary_sql(timezone: str) -> str:
     return (
         f"SELECT {', '.join(_SUMMARY_SETS)}, COUNT(*) AS n,"
         f" bool_and(source = {_sql_string(views.MIDDLEWARE_SOURCE)}) AS recorded, {flags}"
-        f" FROM (SELECT CAST({views.local_time('ts', timezone)} AS DATE) AS d, * FROM raw)"
+        f" FROM (SELECT {clock('ts')[0]} AS d, * FROM raw)"
         f" AS r GROUP BY GROUPING SETS ({sets})"
     )
 
@@ -126,8 +127,20 @@ class DuckDBEngine:
         """Local days (and their event counts) that ``files`` hold events for."""
         if not files:
             return {}
-        rows = self.con.execute(views.day_counts_sql(_parquet_scan(files), self.timezone))
+        scan = _parquet_scan(files)
+        rows = self.con.execute(views.day_counts_sql(scan, self.timezone, self._clock_for(scan)))
         return {d: n for d, n in rows.fetchall()}
+
+    def _clock_for(self, relation: str, column: str = "ts", where: str = "TRUE") -> Clock:
+        """A clock exact for every ``column`` value of ``relation`` (found by a scan)."""
+        bounds = self.con.execute(
+            f"SELECT min({column}), max({column}) FROM {relation} WHERE {where}"
+        ).fetchall()
+        low, high = bounds[0] if bounds else (None, None)
+        if low is None or high is None:
+            now = datetime.now(UTC)
+            return offset_clock(self.timezone, now, now)
+        return offset_clock(self.timezone, low, high)
 
     def load_days(self, files: Sequence[Path], days: Collection[date]) -> DayBatch:
         """Steps 1-4 for the local ``days``, reading the segment ``files`` that cover them.
@@ -135,10 +148,12 @@ class DuckDBEngine:
         Leaves the views ``pageviews``, ``visits``, ``requests`` and ``daily_visitors``.
         """
         start, end = utc_bounds(days, self.timezone)
+        # Local dates by the same tz rules (zoneinfo) as the batch's bounds.
+        self._clock = offset_clock(self.timezone, start, end)
         # A view, not a table: each step below reads only the Parquet columns it needs.
-        raw = views.raw_sql(_parquet_scan(files), days, start, end, self.timezone)
+        raw = views.raw_sql(_parquet_scan(files), days, start, end, self.timezone, self._clock)
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW raw AS {raw}")
-        summary = self.con.sql(_summary_sql(self.timezone)).to_arrow_table()
+        summary = self.con.sql(_summary_sql(self._clock)).to_arrow_table()
         counts = _grouped(summary, "d").select(["d", "n"]).to_pylist()
         versions = _grouped(summary, "policy_version").column("policy_version").to_pylist()
         self._load_lookups(summary)
@@ -162,7 +177,7 @@ class DuckDBEngine:
         has_erased = getattr(self, "_has_erased", False)
         for name, lookup in views.LOOKUP_IDS:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {lookup}")
-        base = views.base_sql(self.timezone, has_erased)
+        base = views.base_sql(self.timezone, has_erased, self._clock)
         # A table: with ids instead of names it is narrow, and RAW is read once for both
         # ``requests`` and ``pageviews``.
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE base AS {base}")
@@ -193,7 +208,9 @@ class DuckDBEngine:
             "  ignore_errors = true, filename = true, columns = {ts: 'VARCHAR',"
             "  action: 'VARCHAR', granted: 'VARCHAR[]', refused: 'VARCHAR[]'})"
         )
-        decisions = views.ledger_decisions_sql(scan, actions, self.timezone)
+        action_list = ", ".join(_sql_string(a) for a in sorted(actions))
+        clock = self._clock_for(scan, "TRY_CAST(ts AS TIMESTAMPTZ)", f"action IN ({action_list})")
+        decisions = views.ledger_decisions_sql(scan, actions, self.timezone, clock)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE ledger_decisions AS {decisions}")
 
     def consent_days(self, files: Sequence[Path]) -> dict[date, int]:
@@ -225,7 +242,8 @@ class DuckDBEngine:
             return 0
         # A view read twice: for the user agents (and the count), then for the activity.
         # The daily batch's ``raw`` view is left alone.
-        consented = views.consented_sql(_parquet_scan(files), self.timezone)
+        scan = _parquet_scan(files)
+        consented = views.consented_sql(scan, self.timezone, self._clock_for(scan))
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW consented AS {consented}")
         agents = self.con.execute(views.CONSENTED_USER_AGENTS_SQL).fetchall()
         self._register("ua_map", classify_user_agents([agent for agent, _ in agents]))

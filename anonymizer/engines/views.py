@@ -12,7 +12,7 @@ The views these queries build are listed in :mod:`anonymizer.tables.base`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -65,20 +65,39 @@ def local_time(column: str, timezone: str) -> str:
     return f"({column} AT TIME ZONE {sql_string(timezone)})"
 
 
+Clock = Callable[[str], tuple[str, str]]
+"""SQL for the local DATE and the local hour (INTEGER) of a TIMESTAMPTZ expression."""
+
+
+def zone_clock(timezone: str) -> Clock:
+    """The :data:`Clock` of the engine's own time zone rules (``AT TIME ZONE``)."""
+
+    def clock(column: str) -> tuple[str, str]:
+        local = local_time(column, timezone)
+        return f"CAST({local} AS DATE)", f"CAST(hour({local}) AS INTEGER)"
+
+    return clock
+
+
 def _date_list(days: Collection[date]) -> str:
     return ", ".join(f"DATE '{d.isoformat()}'" for d in sorted(days)) or "NULL"
 
 
-def day_counts_sql(relation: str, timezone: str) -> str:
+def day_counts_sql(relation: str, timezone: str, clock: Clock | None = None) -> str:
     """Local date and event count per day of ``relation`` (which has a ``ts`` column)."""
     return (
-        f"SELECT CAST({local_time('ts', timezone)} AS DATE) AS d, COUNT(*) AS n"
+        f"SELECT {(clock or zone_clock(timezone))('ts')[0]} AS d, COUNT(*) AS n"
         f" FROM {relation} GROUP BY d"
     )
 
 
 def raw_sql(
-    scan: str, days: Collection[date], start: datetime, end: datetime, timezone: str
+    scan: str,
+    days: Collection[date],
+    start: datetime,
+    end: datetime,
+    timezone: str,
+    clock: Clock | None = None,
 ) -> str:
     """The ``raw`` view: the events of the local ``days`` (``start``/``end``: their UTC bounds;
     the range test lets Parquet readers skip row groups before the local-date test).
@@ -95,7 +114,7 @@ def raw_sql(
         )
     return (
         f"SELECT {', '.join(RAW_COLUMNS)} FROM ("
-        f" SELECT *, CAST({local_time('ts', timezone)} AS DATE) AS local_date"
+        f" SELECT *, {(clock or zone_clock(timezone))('ts')[0]} AS local_date"
         f" FROM {scan}"
         f" WHERE ts >= TIMESTAMPTZ '{start.isoformat()}'"
         f" AND ts < TIMESTAMPTZ '{end.isoformat()}'"
@@ -172,13 +191,13 @@ grouping a few integers per event instead of seven strings halves the cost of th
 sessionisation window and of the tables grouped by them."""
 
 
-def base_sql(timezone: str, has_erased: bool) -> str:
+def base_sql(timezone: str, has_erased: bool, clock: Clock | None = None) -> str:
     """Steps 1-3 per event: erase, drop identifiers, generalise (the lookups of
     :data:`LOOKUP_IDS` give per-distinct-value ids; tables name their cells)."""
-    local = local_time("r.ts", timezone)
+    day, hour = (clock or zone_clock(timezone))("r.ts")
     return (
         "SELECT"
-        f" CAST({local} AS DATE) AS date, CAST(hour({local}) AS INTEGER) AS hour,"
+        f" {day} AS date, {hour} AS hour,"
         " epoch(r.ts) AS ts_s, r.method, r.status, r.duration_ms,"
         " p.page_id, p.is_asset, hash(COALESCE(r.visitor_hash, r.aid)) AS visitor,"
         " u.tech_id, r.language,"
@@ -238,14 +257,15 @@ VISITS_SQL = (
 DAILY_VISITORS_SQL = "SELECT date, COUNT(DISTINCT visitor) AS visitors FROM pageviews GROUP BY date"
 
 
-def ledger_decisions_sql(scan: str, actions: Collection[str], timezone: str) -> str:
+def ledger_decisions_sql(
+    scan: str, actions: Collection[str], timezone: str, clock: Clock | None = None
+) -> str:
     """One row per purpose named by a decision in the ledger ``scan`` (columns
     ``filename`` and :data:`LEDGER_COLUMNS`); unreadable times and other actions skipped."""
     action_list = ", ".join(sql_string(a) for a in sorted(actions))
-    local = local_time("TRY_CAST(ts AS TIMESTAMPTZ)", timezone)
+    day = (clock or zone_clock(timezone))("TRY_CAST(ts AS TIMESTAMPTZ)")[0]
     return (
-        "WITH records AS (SELECT filename AS file, CAST("
-        f" {local} AS DATE) AS date, granted, refused"
+        f"WITH records AS (SELECT filename AS file, {day} AS date, granted, refused"
         f" FROM {scan}"
         f" WHERE action IN ({action_list}) AND TRY_CAST(ts AS TIMESTAMPTZ) IS NOT NULL)"
         " SELECT file, date, unnest(granted) AS purpose, 1 AS granted, 0 AS refused"
@@ -272,7 +292,7 @@ def consent_decisions_sql(days: Collection[date]) -> str:
 ROWS_PER_DAY_SQL = "SELECT date, COUNT(*) FROM consent_decisions GROUP BY date"
 
 
-def consented_sql(scan: str, timezone: str) -> str:
+def consented_sql(scan: str, timezone: str, clock: Clock | None = None) -> str:
     """Step 2 for retention: events recorded with ``statistics`` granted and an anonymous
     id, as (id, local day, user agent).
 
@@ -282,7 +302,7 @@ def consented_sql(scan: str, timezone: str) -> str:
     """
     return (
         "SELECT aid,"
-        f" CAST({local_time('ts', timezone)} AS DATE) AS day, user_agent,"
+        f" {(clock or zone_clock(timezone))('ts')[0]} AS day, user_agent,"
         " CAST(NULL AS VARCHAR) AS visitor_hash"
         f" FROM {scan}"
         " WHERE aid IS NOT NULL AND list_contains(purposes, 'statistics')"
