@@ -65,9 +65,9 @@ def test_output_rounding_moves_out_of_the_query() -> None:
 
 
 def test_local_time_becomes_from_utc_timestamp() -> None:
-    from anonymizer.engines.views import day_counts_sql
+    from anonymizer.engines.views import day_counts_sql, zone_clock
 
-    sql = to_spark(day_counts_sql("raw", "Asia/Tokyo")).sql
+    sql = to_spark(day_counts_sql("raw", zone_clock("Asia/Tokyo"))).sql
     assert "CAST((FROM_UTC_TIMESTAMP(ts, 'Asia/Tokyo')) AS DATE) AS d" in sql
 
 

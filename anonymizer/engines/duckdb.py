@@ -128,7 +128,7 @@ class DuckDBEngine:
         if not files:
             return {}
         scan = _parquet_scan(files)
-        rows = self.con.execute(views.day_counts_sql(scan, self.timezone, self._clock_for(scan)))
+        rows = self.con.execute(views.day_counts_sql(scan, self._clock_for(scan)))
         return {d: n for d, n in rows.fetchall()}
 
     def _clock_for(self, relation: str, column: str = "ts", where: str = "TRUE") -> Clock:
@@ -151,7 +151,7 @@ class DuckDBEngine:
         # Local dates by the same tz rules (zoneinfo) as the batch's bounds.
         self._clock = offset_clock(self.timezone, start, end)
         # A view, not a table: each step below reads only the Parquet columns it needs.
-        raw = views.raw_sql(_parquet_scan(files), days, start, end, self.timezone, self._clock)
+        raw = views.raw_sql(_parquet_scan(files), days, start, end, self._clock)
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW raw AS {raw}")
         summary = self.con.sql(_summary_sql(self._clock)).to_arrow_table()
         counts = _grouped(summary, "d").select(["d", "n"]).to_pylist()
@@ -177,7 +177,7 @@ class DuckDBEngine:
         has_erased = getattr(self, "_has_erased", False)
         for name, lookup in views.LOOKUP_IDS:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {lookup}")
-        base = views.base_sql(self.timezone, has_erased, self._clock)
+        base = views.base_sql(self._clock, has_erased)
         # A table: with ids instead of names it is narrow, and RAW is read once for both
         # ``requests`` and ``pageviews``.
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE base AS {base}")
@@ -208,9 +208,8 @@ class DuckDBEngine:
             "  ignore_errors = true, filename = true, columns = {ts: 'VARCHAR',"
             "  action: 'VARCHAR', granted: 'VARCHAR[]', refused: 'VARCHAR[]'})"
         )
-        action_list = ", ".join(_sql_string(a) for a in sorted(actions))
-        clock = self._clock_for(scan, "TRY_CAST(ts AS TIMESTAMPTZ)", f"action IN ({action_list})")
-        decisions = views.ledger_decisions_sql(scan, actions, self.timezone, clock)
+        clock = self._clock_for(scan, "TRY_CAST(ts AS TIMESTAMPTZ)", views.decision_filter(actions))
+        decisions = views.ledger_decisions_sql(scan, actions, clock)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE ledger_decisions AS {decisions}")
 
     def consent_days(self, files: Sequence[Path]) -> dict[date, int]:
@@ -243,7 +242,7 @@ class DuckDBEngine:
         # A view read twice: for the user agents (and the count), then for the activity.
         # The daily batch's ``raw`` view is left alone.
         scan = _parquet_scan(files)
-        consented = views.consented_sql(scan, self.timezone, self._clock_for(scan))
+        consented = views.consented_sql(scan, self._clock_for(scan))
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW consented AS {consented}")
         agents = self.con.execute(views.CONSENTED_USER_AGENTS_SQL).fetchall()
         self._register("ua_map", classify_user_agents([agent for agent, _ in agents]))

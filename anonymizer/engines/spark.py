@@ -180,6 +180,7 @@ class SparkEngine:
         session: SparkSession | None = None,
     ) -> None:
         self.timezone = timezone
+        self._clock = views.zone_clock(timezone)  # Java's tz rules, through from_utc_timestamp
         self.site_hosts = tuple(site_hosts)
         root = session or spark_session(master, shuffle_partitions=shuffle_partitions)
         # Own temporary views and SQL settings; the SparkContext (and its cache) is shared.
@@ -237,7 +238,7 @@ class SparkEngine:
         if not files:
             return {}
         self._view("segments", self._parquet(files))
-        return _day_counts(self._rows(views.day_counts_sql("segments", self.timezone)))
+        return _day_counts(self._rows(views.day_counts_sql("segments", self._clock)))
 
     def load_days(self, files: Sequence[Path], days: Collection[date]) -> DayBatch:
         """Steps 1-4 for the local ``days``, reading the segment ``files`` that cover them.
@@ -246,9 +247,9 @@ class SparkEngine:
         """
         start, end = views.utc_bounds(days, self.timezone)
         self._view("segments", self._parquet(files))
-        raw = self._sql(views.raw_sql("segments", days, start, end, self.timezone))
+        raw = self._sql(views.raw_sql("segments", days, start, end, self._clock))
         self._view("raw", raw, cache=True)
-        counts = _day_counts(self._rows(views.day_counts_sql("raw", self.timezone)))
+        counts = _day_counts(self._rows(views.day_counts_sql("raw", self._clock)))
         versions = sorted(str(v) for (v,) in self._rows(views.POLICY_VERSIONS_SQL))
         self._load_lookups()
         self._build_views()
@@ -275,7 +276,7 @@ class SparkEngine:
         """Steps 1-4, the same SQL as DuckDB's; its TEMP TABLEs are cached here."""
         for name, lookup in views.LOOKUP_IDS:
             self._view(name, self._sql(lookup), cache=True)
-        base = self._sql(views.base_sql(self.timezone, self._has_erased))
+        base = self._sql(views.base_sql(self._clock, self._has_erased))
         self._view("base", base, cache=True).count()
         # ``base`` holds everything later steps read: the batch's raw rows can go.
         self._cached.pop("raw").unpersist()
@@ -307,7 +308,7 @@ class SparkEngine:
             .select("*", col("_metadata.file_name").alias("filename"))
         )
         self._view("ledger_lines", lines)
-        decisions = self._sql(views.ledger_decisions_sql("ledger_lines", actions, self.timezone))
+        decisions = self._sql(views.ledger_decisions_sql("ledger_lines", actions, self._clock))
         self._view("ledger_decisions", decisions, cache=True)
 
     def consent_days(self, files: Sequence[Path]) -> dict[date, int]:
@@ -334,7 +335,7 @@ class SparkEngine:
             self._view("retention_activity", empty)
             return 0
         self._view("retention_segments", self._parquet(files))
-        consented = self._sql(views.consented_sql("retention_segments", self.timezone))
+        consented = self._sql(views.consented_sql("retention_segments", self._clock))
         self._view("consented", consented, cache=True)
         agents = self._sql(views.DISTINCT_CONSENTED_USER_AGENTS_SQL)
         self._view("ua_map", _user_agent_map(agents), cache=True)

@@ -66,7 +66,9 @@ def local_time(column: str, timezone: str) -> str:
 
 
 Clock = Callable[[str], tuple[str, str]]
-"""SQL for the local DATE and the local hour (INTEGER) of a TIMESTAMPTZ expression."""
+"""SQL for the local DATE and the local hour (INTEGER) of a TIMESTAMPTZ expression: the one
+way every query here dates an event (:func:`zone_clock`, or the DuckDB engine's
+:func:`anonymizer.engines.offsets.offset_clock`)."""
 
 
 def zone_clock(timezone: str) -> Clock:
@@ -83,12 +85,9 @@ def _date_list(days: Collection[date]) -> str:
     return ", ".join(f"DATE '{d.isoformat()}'" for d in sorted(days)) or "NULL"
 
 
-def day_counts_sql(relation: str, timezone: str, clock: Clock | None = None) -> str:
+def day_counts_sql(relation: str, clock: Clock) -> str:
     """Local date and event count per day of ``relation`` (which has a ``ts`` column)."""
-    return (
-        f"SELECT {(clock or zone_clock(timezone))('ts')[0]} AS d, COUNT(*) AS n"
-        f" FROM {relation} GROUP BY d"
-    )
+    return f"SELECT {clock('ts')[0]} AS d, COUNT(*) AS n FROM {relation} GROUP BY d"
 
 
 def raw_sql(
@@ -96,8 +95,7 @@ def raw_sql(
     days: Collection[date],
     start: datetime,
     end: datetime,
-    timezone: str,
-    clock: Clock | None = None,
+    clock: Clock,
 ) -> str:
     """The ``raw`` view: the events of the local ``days`` (``start``/``end``: their UTC bounds;
     the range test lets Parquet readers skip row groups before the local-date test).
@@ -114,7 +112,7 @@ def raw_sql(
         )
     return (
         f"SELECT {', '.join(RAW_COLUMNS)} FROM ("
-        f" SELECT *, {(clock or zone_clock(timezone))('ts')[0]} AS local_date"
+        f" SELECT *, {clock('ts')[0]} AS local_date"
         f" FROM {scan}"
         f" WHERE ts >= TIMESTAMPTZ '{start.isoformat()}'"
         f" AND ts < TIMESTAMPTZ '{end.isoformat()}'"
@@ -191,10 +189,10 @@ grouping a few integers per event instead of seven strings halves the cost of th
 sessionisation window and of the tables grouped by them."""
 
 
-def base_sql(timezone: str, has_erased: bool, clock: Clock | None = None) -> str:
+def base_sql(clock: Clock, has_erased: bool) -> str:
     """Steps 1-3 per event: erase, drop identifiers, generalise (the lookups of
     :data:`LOOKUP_IDS` give per-distinct-value ids; tables name their cells)."""
-    day, hour = (clock or zone_clock(timezone))("r.ts")
+    day, hour = clock("r.ts")
     return (
         "SELECT"
         f" {day} AS date, {hour} AS hour,"
@@ -257,17 +255,19 @@ VISITS_SQL = (
 DAILY_VISITORS_SQL = "SELECT date, COUNT(DISTINCT visitor) AS visitors FROM pageviews GROUP BY date"
 
 
-def ledger_decisions_sql(
-    scan: str, actions: Collection[str], timezone: str, clock: Clock | None = None
-) -> str:
+def decision_filter(actions: Collection[str]) -> str:
+    """SQL keeping the ledger lines of the decision ``actions``."""
+    return f"action IN ({', '.join(sql_string(a) for a in sorted(actions))})"
+
+
+def ledger_decisions_sql(scan: str, actions: Collection[str], clock: Clock) -> str:
     """One row per purpose named by a decision in the ledger ``scan`` (columns
     ``filename`` and :data:`LEDGER_COLUMNS`); unreadable times and other actions skipped."""
-    action_list = ", ".join(sql_string(a) for a in sorted(actions))
-    day = (clock or zone_clock(timezone))("TRY_CAST(ts AS TIMESTAMPTZ)")[0]
+    day = clock("TRY_CAST(ts AS TIMESTAMPTZ)")[0]
     return (
         f"WITH records AS (SELECT filename AS file, {day} AS date, granted, refused"
         f" FROM {scan}"
-        f" WHERE action IN ({action_list}) AND TRY_CAST(ts AS TIMESTAMPTZ) IS NOT NULL)"
+        f" WHERE {decision_filter(actions)} AND TRY_CAST(ts AS TIMESTAMPTZ) IS NOT NULL)"
         " SELECT file, date, unnest(granted) AS purpose, 1 AS granted, 0 AS refused"
         " FROM records WHERE granted IS NOT NULL"
         " UNION ALL SELECT file, date, unnest(refused), 0, 1"
@@ -292,7 +292,7 @@ def consent_decisions_sql(days: Collection[date]) -> str:
 ROWS_PER_DAY_SQL = "SELECT date, COUNT(*) FROM consent_decisions GROUP BY date"
 
 
-def consented_sql(scan: str, timezone: str, clock: Clock | None = None) -> str:
+def consented_sql(scan: str, clock: Clock) -> str:
     """Step 2 for retention: events recorded with ``statistics`` granted and an anonymous
     id, as (id, local day, user agent).
 
@@ -302,7 +302,7 @@ def consented_sql(scan: str, timezone: str, clock: Clock | None = None) -> str:
     """
     return (
         "SELECT aid,"
-        f" {(clock or zone_clock(timezone))('ts')[0]} AS day, user_agent,"
+        f" {clock('ts')[0]} AS day, user_agent,"
         " CAST(NULL AS VARCHAR) AS visitor_hash"
         f" FROM {scan}"
         " WHERE aid IS NOT NULL AND list_contains(purposes, 'statistics')"
