@@ -153,7 +153,7 @@ def test_bounded_sql_caps_rows_per_visitor_and_counts_per_row() -> None:
     pv = [(date(2026, 3, 2), 1, i) for i in range(12) for _ in range(3)]  # 12 pages x3
     pv += [(date(2026, 3, 2), 2, 0)] * 50  # 50 views of one page
     con.register(
-        "pageviews",
+        "visit_pageviews",
         pa.table(
             {
                 "date": [r[0] for r in pv],

@@ -181,9 +181,9 @@ def test_cells_grouped_by_ids_publish_what_cells_grouped_by_names_would(seed: in
         "page_id": [r[1] for r in rows],
         "new_visit": [r[2] for r in rows],
     }
-    con.register("pageviews", pa.table(columns))
+    con.register("visit_pageviews", pa.table(columns))
     con.register(
-        "pageviews_named",
+        "visit_pageviews_named",
         pa.table({**columns, "page": [names[r[1]] for r in rows]}),
     )
     by_id = TABLES["pages_daily"]
@@ -191,10 +191,99 @@ def test_cells_grouped_by_ids_publish_what_cells_grouped_by_names_would(seed: in
         by_id,
         names=(),
         source=by_id.source.replace("page_id", "page").replace(
-            "FROM pageviews", "FROM pageviews_named"
+            "FROM visit_pageviews", "FROM visit_pageviews_named"
         ),
     )
     for k in (3, 10, 25):
         got = con.sql(table_sql(by_id, k=k, max_pageviews=2)).fetchall()
         assert got == con.sql(table_sql(by_name, k=k, max_pageviews=2)).fetchall()
         assert got and all(row[1] in names for row in got)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_campaign_and_channel_ids_publish_what_their_names_would(seed: int) -> None:
+    """``campaigns_daily`` groups by one id per tag combination (three names, nulls among
+    them) and ``sources_daily`` by two ids (source, channel): the published rows must be
+    those of grouping by the names, including a real ``(other)`` combination."""
+    import dataclasses
+    import random
+
+    import duckdb
+    import pyarrow as pa
+
+    from anonymizer.privacy import table_sql
+
+    rng = random.Random(seed)
+    day = datetime(2026, 3, 2).date()
+    tags = [
+        ("(other)", "(other)", "(other)"),
+        ("news", "email", "spring"),
+        ("news", "email", None),
+        ("ads", None, "spring"),
+        (None, "cpc", None),
+        ("ads", "cpc", "spring"),
+    ]
+    sources = ["(other)", "google", "t.co", "example.org"]
+    channels = ["(other)", "campaign", "direct", "search"]
+    visits = []
+    for visitor in range(80):
+        for _ in range(rng.randint(1, 3)):
+            utm = rng.choices([None, *range(len(tags))], weights=[10, 2, 20, 6, 3, 2, 1])[0]
+            source = rng.choices(range(len(sources)), weights=[2, 20, 6, 1])[0]
+            channel = rng.choices(range(len(channels)), weights=[2, 10, 10, 3])[0]
+            visits.append((visitor, utm, source, channel))
+    con = duckdb.connect()
+    con.register("daily_visitors", pa.table({"date": [day], "visitors": [80]}))
+    con.register(
+        "utm_ids",
+        pa.table(
+            {
+                "utm_id": range(len(tags)),
+                "utm_source": [t[0] for t in tags],
+                "utm_medium": [t[1] for t in tags],
+                "utm_campaign": [t[2] for t in tags],
+            }
+        ),
+    )
+    con.register("source_names", pa.table({"source_id": range(len(sources)), "source": sources}))
+    con.register(
+        "channel_names", pa.table({"channel_id": range(len(channels)), "channel": channels})
+    )
+    ids = {
+        "date": [day] * len(visits),
+        "visitor": [v[0] for v in visits],
+        "utm_id": [v[1] for v in visits],
+        "source_id": [v[2] for v in visits],
+        "channel_id": [v[3] for v in visits],
+    }
+    con.register("visits", pa.table(ids))
+    named = {
+        **ids,
+        "utm_source": [None if v[1] is None else tags[v[1]][0] for v in visits],
+        "utm_medium": [None if v[1] is None else tags[v[1]][1] for v in visits],
+        "utm_campaign": [None if v[1] is None else tags[v[1]][2] for v in visits],
+        "source": [sources[v[2]] for v in visits],
+        "channel": [channels[v[3]] for v in visits],
+    }
+    con.register("visits_named", pa.table(named))
+    campaigns = TABLES["campaigns_daily"]
+    campaigns_by_name = dataclasses.replace(
+        campaigns,
+        names=(),
+        source=campaigns.source.replace("utm_id", "utm_source, utm_medium, utm_campaign")
+        .replace("utm_source, utm_medium, utm_campaign IS NOT NULL", "utm_id IS NOT NULL")
+        .replace("FROM visits", "FROM visits_named"),
+    )
+    sources_table = TABLES["sources_daily"]
+    sources_by_name = dataclasses.replace(
+        sources_table,
+        names=(),
+        source=sources_table.source.replace("source_id", "source")
+        .replace("channel_id", "channel")
+        .replace("FROM visits", "FROM visits_named"),
+    )
+    for by_id, by_name in ((campaigns, campaigns_by_name), (sources_table, sources_by_name)):
+        for k in (3, 10, 25):
+            got = con.sql(table_sql(by_id, k=k, max_pageviews=2)).fetchall()
+            assert got == con.sql(table_sql(by_name, k=k, max_pageviews=2)).fetchall()
+            assert got

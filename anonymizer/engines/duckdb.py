@@ -48,19 +48,27 @@ def _parquet_scan(files: Sequence[Path]) -> str:
     return f"read_parquet({_file_list(files)}, union_by_name = true)"
 
 
-_SUMMARY_SETS = ("d", "policy_version", "user_agent", "referrer_host", "path")
+_SUMMARY_SETS = (
+    ("d",),
+    ("policy_version",),
+    ("user_agent",),
+    ("referrer_host",),
+    ("path",),
+    ("utm_source", "utm_medium", "utm_campaign"),
+)
 
 
 def _summary_sql(clock: Clock) -> str:
-    """One scan of ``raw`` for what :mod:`anonymizer.engines.views` asks in five queries
+    """One scan of ``raw`` for what :mod:`anonymizer.engines.views` asks in six queries
     (:func:`~anonymizer.engines.views.day_counts_sql`, ``POLICY_VERSIONS_SQL``,
-    ``DISTINCT_USER_AGENTS_SQL``, ``DISTINCT_REFERRERS_SQL``, ``DISTINCT_PATHS_SQL``): the
-    Parquet files are read and filtered once instead of five times. A ``g_<column>`` flag
-    of 0 marks the rows of the grouping set of that column."""
-    flags = ", ".join(f"GROUPING({c}) AS g_{c}" for c in _SUMMARY_SETS)
-    sets = ", ".join(f"({c})" for c in _SUMMARY_SETS)
+    ``DISTINCT_USER_AGENTS_SQL``, ``DISTINCT_REFERRERS_SQL``, ``DISTINCT_PATHS_SQL``,
+    ``DISTINCT_UTMS_SQL``): the Parquet files are read and filtered once instead of six
+    times. A ``g_<column>`` flag of 0 marks the rows of the grouping set of that column."""
+    columns = [c for group in _SUMMARY_SETS for c in group]
+    flags = ", ".join(f"GROUPING({c}) AS g_{c}" for c in columns)
+    sets = ", ".join(f"({', '.join(group)})" for group in _SUMMARY_SETS)
     return (
-        f"SELECT {', '.join(_SUMMARY_SETS)}, COUNT(*) AS n,"
+        f"SELECT {', '.join(columns)}, COUNT(*) AS n,"
         f" bool_and(source = {_sql_string(views.MIDDLEWARE_SOURCE)}) AS recorded, {flags}"
         f" FROM (SELECT {clock('ts')[0]} AS d, * FROM raw)"
         f" AS r GROUP BY GROUPING SETS ({sets})"
@@ -68,7 +76,7 @@ def _summary_sql(clock: Clock) -> str:
 
 
 def _grouped(summary: pa.Table, column: str) -> pa.Table:
-    """The rows of ``column``'s grouping set in a :func:`_summary_sql` result."""
+    """The rows of the grouping set of ``column`` in a :func:`_summary_sql` result."""
     return summary.filter(pc.equal(summary[f"g_{column}"], 0))
 
 
@@ -145,7 +153,8 @@ class DuckDBEngine:
     def load_days(self, files: Sequence[Path], days: Collection[date]) -> DayBatch:
         """Steps 1-4 for the local ``days``, reading the segment ``files`` that cover them.
 
-        Leaves the views ``pageviews``, ``visits``, ``requests`` and ``daily_visitors``.
+        Leaves the views ``pageviews``, ``visit_pageviews``, ``visits``, ``requests`` and
+        ``daily_visitors``.
         """
         start, end = utc_bounds(days, self.timezone)
         # Local dates by the same tz rules (zoneinfo) as the batch's bounds.
@@ -171,6 +180,8 @@ class DuckDBEngine:
         self._register("ref_map", classify_referrers(hosts, site_hosts=self.site_hosts))
         paths = _grouped(summary, "path").select(["path", "recorded"]).to_pylist()
         self._register("path_map", views.path_map([(r["path"], r["recorded"]) for r in paths]))
+        # Also the untagged combination (all null): the lookups leave it out.
+        self._register("utm_map", _grouped(summary, "utm_source").select(list(_SUMMARY_SETS[-1])))
 
     def _build_views(self) -> None:
         """Steps 1-4 in SQL: erase, drop identifiers, generalise, sessionise."""
@@ -183,7 +194,10 @@ class DuckDBEngine:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE base AS {base}")
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE requests AS {views.REQUESTS_SQL}")
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE status_names AS {views.STATUS_NAMES_SQL}")
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE pageviews AS {views.pageviews_sql()}")
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW pageviews AS {views.PAGEVIEWS_SQL}")
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE visit_pageviews AS {views.visit_pageviews_sql()}"
+        )
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW visits AS {views.VISITS_SQL}")
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE daily_visitors AS {views.DAILY_VISITORS_SQL}"

@@ -243,7 +243,8 @@ class SparkEngine:
     def load_days(self, files: Sequence[Path], days: Collection[date]) -> DayBatch:
         """Steps 1-4 for the local ``days``, reading the segment ``files`` that cover them.
 
-        Leaves the views ``pageviews``, ``visits``, ``requests`` and ``daily_visitors``.
+        Leaves the views ``pageviews``, ``visit_pageviews``, ``visits``, ``requests`` and
+        ``daily_visitors``.
         """
         start, end = views.utc_bounds(days, self.timezone)
         self._view("segments", self._parquet(files))
@@ -271,6 +272,7 @@ class SparkEngine:
             "path", "p.page", "p.is_asset"
         )
         self._view("path_map", pages, cache=True)
+        self._view("utm_map", self._sql(views.DISTINCT_UTMS_SQL), cache=True)
 
     def _build_views(self) -> None:
         """Steps 1-4, the same SQL as DuckDB's; its TEMP TABLEs are cached here."""
@@ -282,7 +284,8 @@ class SparkEngine:
         self._cached.pop("raw").unpersist()
         self._view("requests", self._sql(views.REQUESTS_SQL))
         self._view("status_names", self._sql(views.STATUS_NAMES_SQL), cache=True)
-        self._view("pageviews", self._sql(views.pageviews_sql()), cache=True)
+        self._view("pageviews", self._sql(views.PAGEVIEWS_SQL))
+        self._view("visit_pageviews", self._sql(views.visit_pageviews_sql()), cache=True)
         self._view("visits", self._sql(views.VISITS_SQL))
         self._view("daily_visitors", self._sql(views.DAILY_VISITORS_SQL), cache=True)
 

@@ -129,6 +129,12 @@ DISTINCT_PATHS_SQL = (
     + ") AS recorded FROM raw GROUP BY path"
 )
 """Each distinct raw path, and whether every event with it came from the middleware."""
+UTM_TAGGED = "utm_source IS NOT NULL OR utm_medium IS NOT NULL OR utm_campaign IS NOT NULL"
+"""An event that carries at least one campaign tag."""
+DISTINCT_UTMS_SQL = (
+    f"SELECT DISTINCT utm_source, utm_medium, utm_campaign FROM raw WHERE {UTM_TAGGED}"
+)
+"""Each distinct combination of campaign tags (the ``utm_map`` lookup)."""
 
 
 def erased_filter(has_erased: bool, alias: str = "r", source: str = "raw") -> str:
@@ -158,14 +164,35 @@ LOOKUP_IDS = (
         " AS tech_id, device_type, browser, os FROM ua_map",
     ),
     (
+        "utm_channels",
+        # A tagged visit's channel comes from its tags alone (CHANNEL_SQL's ELSE is never
+        # reached): one per distinct combination, not per event.
+        f"SELECT utm_source, utm_medium, utm_campaign, {CHANNEL_SQL} AS channel FROM"
+        " (SELECT *, CAST(NULL AS VARCHAR) AS channel FROM utm_map) AS u"
+        f" WHERE {UTM_TAGGED}",
+    ),
+    (
+        "channel_names",
+        "SELECT channel, CAST(dense_rank() OVER (ORDER BY channel) AS INTEGER) AS channel_id"
+        " FROM (SELECT channel FROM ref_map UNION SELECT channel FROM utm_channels) AS c",
+    ),
+    (
         "ref_ids",
-        "SELECT referrer_host, channel,"
-        " CAST(dense_rank() OVER (ORDER BY source) AS INTEGER) AS source_id FROM ref_map",
+        "SELECT m.referrer_host, c.channel_id,"
+        " CAST(dense_rank() OVER (ORDER BY m.source) AS INTEGER) AS source_id"
+        " FROM ref_map AS m LEFT JOIN channel_names AS c ON c.channel = m.channel",
     ),
     (
         "source_names",
         "SELECT DISTINCT CAST(dense_rank() OVER (ORDER BY source) AS INTEGER) AS source_id,"
         " source FROM ref_map",
+    ),
+    (
+        "utm_ids",
+        "SELECT u.utm_source, u.utm_medium, u.utm_campaign, c.channel_id,"
+        " CAST(dense_rank() OVER (ORDER BY u.utm_source, u.utm_medium, u.utm_campaign)"
+        " AS INTEGER) AS utm_id"
+        " FROM utm_channels AS u LEFT JOIN channel_names AS c ON c.channel = u.channel",
     ),
     (
         "page_ids",
@@ -178,15 +205,18 @@ LOOKUP_IDS = (
         " FROM path_map",
     ),
 )
-"""The lookups with integer ids (name, query), built after ``ua_map``, ``ref_map`` and
-``path_map``: ``base`` carries ids for the page, the user agent's (device type, browser,
-OS) and the referrer's source, and the ``*_names`` lookups name them (see
+"""The lookups with integer ids (name, query), built after ``ua_map``, ``ref_map``,
+``utm_map`` and ``path_map``: ``base`` carries ids for the page, the user agent's (device
+type, browser, OS), the referrer's source, the channel and the campaign tags, and the
+``*_names`` lookups (``channel_names`` and ``utm_ids`` for the last two) name them (see
 :class:`anonymizer.tables.base.Names`).
 
 Ids are dense ranks in the order of the names, so ordering by an id orders as by its name
-(the sessionisation's tie-breaks rely on it), and equal names share an id. Sorting and
-grouping a few integers per event instead of seven strings halves the cost of the
-sessionisation window and of the tables grouped by them."""
+(the sessionisation's tie-breaks rely on it), and equal names share an id. An untagged
+event has no campaign id: a null id sorts where the all-null tags did, first or last with
+the engine's null order either way. Sorting and grouping a few integers per event instead of
+strings more than halves the cost of the sessionisation window and of the tables grouped
+by them."""
 
 
 def base_sql(clock: Clock, has_erased: bool) -> str:
@@ -198,11 +228,15 @@ def base_sql(clock: Clock, has_erased: bool) -> str:
         f" {day} AS date, {hour} AS hour,"
         " epoch(r.ts) AS ts_s, r.method, r.status, r.duration_ms,"
         " p.page_id, p.is_asset, hash(COALESCE(r.visitor_hash, r.aid)) AS visitor,"
-        " u.tech_id, r.language,"
-        " f.source_id, f.channel, r.utm_source, r.utm_medium, r.utm_campaign"
+        " u.tech_id, r.language, f.source_id,"
+        # Campaign tags decide the channel when there are any (CHANNEL_SQL).
+        " COALESCE(t.channel_id, f.channel_id) AS channel_id, t.utm_id"
         " FROM raw AS r"
         " LEFT JOIN ua_ids AS u ON u.user_agent = r.user_agent"
         " LEFT JOIN ref_ids AS f ON f.referrer_host IS NOT DISTINCT FROM r.referrer_host"
+        " LEFT JOIN utm_ids AS t ON t.utm_source IS NOT DISTINCT FROM r.utm_source"
+        " AND t.utm_medium IS NOT DISTINCT FROM r.utm_medium"
+        " AND t.utm_campaign IS NOT DISTINCT FROM r.utm_campaign"
         " JOIN page_ids AS p ON p.path = r.path"
         # Bots never count; a missing user agent is a bot (every browser sends one).
         " WHERE NOT COALESCE(u.is_bot, TRUE)"
@@ -220,26 +254,31 @@ STATUS_NAMES_SQL = (
 """Each status class of the batch's requests, named: the tables group by the digit."""
 
 
-def pageviews_sql() -> str:
-    """Step 4 in one sorted pass over ``base``.
+PAGEVIEWS_SQL = (
+    "SELECT date, hour, ts_s, visitor, page_id, tech_id, language, source_id, channel_id,"
+    " utm_id FROM base WHERE method = 'GET' AND status BETWEEN 200 AND 299 AND NOT is_asset"
+)
+"""The ``pageviews`` view: successful page GETs (no assets) with their attributes."""
+
+
+def visit_pageviews_sql() -> str:
+    """Step 4 in one sorted pass over ``pageviews``: the ``visit_pageviews`` table.
 
     The gaps to the previous and next pageview of the same visitor and day say where visits
     start, which pageviews are bounces, and how long visits last. The full ORDER BY makes
-    entry attributes deterministic on equal times (page and source ids order as their
-    names do).
+    entry attributes deterministic on equal times (ids order as their names do). Only what
+    visits need goes through the sort: the tables of hours, devices and languages read
+    ``pageviews``.
     """
-    order = "ts_s, page_id, source_id, channel, utm_source, utm_medium, utm_campaign"
+    order = "ts_s, page_id, source_id, channel_id, utm_id"
     gap = SESSION_GAP_SECONDS
     return (
-        " WITH pv AS (SELECT date, hour, ts_s, visitor, page_id, tech_id,"
-        f"  language, source_id, {CHANNEL_SQL} AS channel, utm_source, utm_medium, utm_campaign"
-        "  FROM base WHERE method = 'GET' AND status BETWEEN 200 AND 299 AND NOT is_asset),"
-        " gaps AS (SELECT pv.*, ts_s - LAG(ts_s) OVER win AS gap_before,"
+        "WITH gaps AS (SELECT date, ts_s, visitor, page_id, source_id, channel_id, utm_id,"
+        "  ts_s - LAG(ts_s) OVER win AS gap_before,"
         # Parenthesised: Spark's parser reads ``win - ts_s`` as one hyphenated name.
-        "  (LEAD(ts_s) OVER win) - ts_s AS gap_after FROM pv"
+        "  (LEAD(ts_s) OVER win) - ts_s AS gap_after FROM pageviews"
         f"  WINDOW win AS (PARTITION BY date, visitor ORDER BY {order}))"
-        " SELECT date, hour, ts_s, visitor, page_id, tech_id, language, source_id, channel,"
-        " utm_source, utm_medium, utm_campaign,"
+        " SELECT date, ts_s, visitor, page_id, source_id, channel_id, utm_id,"
         f" CASE WHEN gap_before <= {gap} THEN 0 ELSE 1 END AS new_visit,"
         f" CASE WHEN gap_before <= {gap} THEN gap_before ELSE 0 END AS visit_seconds,"
         f" CASE WHEN gap_before <= {gap} OR gap_after <= {gap} THEN 0 ELSE 1 END AS bounce"
@@ -249,8 +288,8 @@ def pageviews_sql() -> str:
 
 VISITS_SQL = (
     "SELECT date, visitor,"
-    " ts_s AS visit_start_s, page_id AS entry_page_id, source_id, channel,"
-    " utm_source, utm_medium, utm_campaign, bounce FROM pageviews WHERE new_visit = 1"
+    " ts_s AS visit_start_s, page_id AS entry_page_id, source_id, channel_id, utm_id, bounce"
+    " FROM visit_pageviews WHERE new_visit = 1"
 )
 DAILY_VISITORS_SQL = "SELECT date, COUNT(DISTINCT visitor) AS visitors FROM pageviews GROUP BY date"
 

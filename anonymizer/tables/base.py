@@ -8,26 +8,30 @@ part of each source, the k-threshold and ``(other)`` folding are added around it
 Sources read only these intermediate views, which every engine provides:
 
 ``pageviews``       date, hour, ts_s, visitor, page_id, tech_id, language, source_id,
-                    channel, utm_*, and from sessionising: new_visit (1 on a visit's first
-                    pageview), visit_seconds (time since the previous pageview of the same
-                    visit, else 0), bounce (1 on a one-pageview visit)
+                    channel_id, utm_id (null when the pageview has no campaign tag)
+``visit_pageviews`` the pageviews sessionised: date, ts_s, visitor, page_id, source_id,
+                    channel_id, utm_id, new_visit (1 on a visit's first pageview),
+                    visit_seconds (time since the previous pageview of the same visit, else
+                    0), bounce (1 on a one-pageview visit)
 ``visits``          the first pageview of each visit: date, visitor, visit_start_s,
-                    entry_page_id, source_id, channel, utm_source, utm_medium, utm_campaign,
-                    bounce
+                    entry_page_id, source_id, channel_id, utm_id, bounce
 ``requests``        date, visitor, page_id, status, duration_ms (every non-bot request)
 ``page_names``      page_id, page
 ``tech_names``      tech_id, device_type, browser, os
 ``source_names``    source_id, source
+``channel_names``   channel_id, channel
+``utm_ids``         utm_id, utm_source, utm_medium, utm_campaign (tagged combinations only)
 ``status_names``    status_digit (the status's hundreds), status_class (e.g. ``4xx``)
 ``daily_visitors``  date, visitors (distinct visitors with a pageview that day)
 ``consent_decisions`` date, decision, purpose, granted, refused (one row per purpose named)
 ``retention_activity`` visitor, week_start, week_index (consented anonymous ids only)
 
-Pages, (device type, browser, OS) combinations, sources and status classes are integer ids
-in the per-event views: grouping and sorting integers is much cheaper than strings. A table
-whose source gives an id declares it in :attr:`TableDef.names`, and the privacy step names
-its cells after grouping them (one id per name; page and source ids are dense ranks of the
-names, so they also sort as the names do).
+Pages, (device type, browser, OS) combinations, sources, channels, campaign tags and status
+classes are integer ids in the per-event views: grouping and sorting integers is much
+cheaper than strings. A table whose source gives an id declares it in
+:attr:`TableDef.names`, and the privacy step names its cells after grouping them (one id per
+name; page, source, channel and campaign ids are dense ranks of the names, so they also sort
+as the names do).
 
 The SQL avoids engine-only functions so that a second engine (Spark, via sqlglot) can run it.
 ``{max_pageviews}`` is the only template parameter a source may use.
@@ -108,4 +112,6 @@ class TableDef:
 PAGE_NAMES = Names("page_id", "page_names", ("page",))
 TECH_NAMES = Names("tech_id", "tech_names", ("device_type", "browser", "os"))
 SOURCE_NAMES = Names("source_id", "source_names", ("source",))
+CHANNEL_NAMES = Names("channel_id", "channel_names", ("channel",))
+UTM_NAMES = Names("utm_id", "utm_ids", ("utm_source", "utm_medium", "utm_campaign"))
 STATUS_NAMES = Names("status_digit", "status_names", ("status_class",))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from anonymizer.tables.base import TableDef
+from anonymizer.tables.base import UTM_NAMES, TableDef
 
 CAMPAIGNS_DAILY = TableDef(
     name="campaigns_daily",
@@ -19,12 +19,10 @@ CAMPAIGNS_DAILY = TableDef(
     partition="date",
     dimensions=("utm_source", "utm_medium", "utm_campaign"),
     source="""
-        SELECT date, utm_source, utm_medium, utm_campaign, visitor,
-               LEAST(COUNT(*), {max_pageviews}) AS visits
-        FROM visits
-        WHERE utm_source IS NOT NULL OR utm_medium IS NOT NULL OR utm_campaign IS NOT NULL
-        GROUP BY date, utm_source, utm_medium, utm_campaign, visitor
+        SELECT date, utm_id, visitor, LEAST(COUNT(*), {max_pageviews}) AS visits
+        FROM visits WHERE utm_id IS NOT NULL GROUP BY date, utm_id, visitor
     """,
+    names=(UTM_NAMES,),
     measures=(("visits", "SUM(visits)"), ("visitors", "COUNT(DISTINCT visitor)")),
 )
 """Only visits whose entry carried at least one of source, medium, campaign."""

@@ -18,12 +18,12 @@ PAGES_DAILY = TableDef(
     partition="date",
     dimensions=("page",),
     # A visit's entry page is the page of its first pageview (``new_visit = 1``): one
-    # grouping of ``pageviews`` counts both views and entries.
+    # grouping of ``visit_pageviews`` counts both views and entries.
     source="""
         SELECT date, page_id, visitor,
                LEAST(COUNT(*), {max_pageviews}) AS pageviews,
                LEAST(SUM(new_visit), {max_pageviews}) AS entries
-        FROM pageviews
+        FROM visit_pageviews
         GROUP BY date, page_id, visitor
     """,
     names=(PAGE_NAMES,),

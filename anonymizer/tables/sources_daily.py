@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from anonymizer.tables.base import SOURCE_NAMES, TableDef
+from anonymizer.tables.base import CHANNEL_NAMES, SOURCE_NAMES, TableDef
 
 SOURCES_DAILY = TableDef(
     name="sources_daily",
@@ -18,11 +18,11 @@ SOURCES_DAILY = TableDef(
     partition="date",
     dimensions=("source", "channel"),
     source="""
-        SELECT date, source_id, channel, visitor,
+        SELECT date, source_id, channel_id, visitor,
                LEAST(COUNT(*), {max_pageviews}) AS visits
-        FROM visits GROUP BY date, source_id, channel, visitor
+        FROM visits GROUP BY date, source_id, channel_id, visitor
     """,
-    names=(SOURCE_NAMES,),
+    names=(SOURCE_NAMES, CHANNEL_NAMES),
     measures=(("visits", "SUM(visits)"), ("visitors", "COUNT(DISTINCT visitor)")),
 )
 """A visit's source and channel are those of its first pageview."""

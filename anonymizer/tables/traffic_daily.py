@@ -24,7 +24,7 @@ TRAFFIC_DAILY = TableDef(
                SUM(new_visit) AS visits,
                SUM(bounce) AS bounces,
                SUM(visit_seconds) AS seconds
-        FROM pageviews GROUP BY date, visitor
+        FROM visit_pageviews GROUP BY date, visitor
     """,
     measures=(
         ("pageviews", "SUM(pageviews)"),

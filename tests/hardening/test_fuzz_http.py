@@ -261,9 +261,7 @@ def check_row(row: dict[str, Any], query: bytes) -> None:
 segments = st.one_of(
     st.sampled_from(SEGMENTS),
     st.text(
-        st.characters(
-            exclude_categories=("Cs",), exclude_characters="/?#%"
-        ),
+        st.characters(exclude_categories=("Cs",), exclude_characters="/?#%"),
         max_size=12,
     ),
 )
