@@ -269,6 +269,7 @@ class _Run:
         self.journal: RunJournal | None = None
         """Set by :func:`_locked_run`: what a killed run left, what this run does."""
         self.publications = 0
+        self.warmed_up = False
 
     def restart(self) -> None:
         """Start the steps over (after quarantining a segment the engine failed on)."""
@@ -419,10 +420,11 @@ def _remove_leftovers(raw: Path, stats: Path) -> None:
 def _warm_up() -> None:
     """Load, on a thread of its own, what a run with new events needs a little later:
     pandas (pyarrow imports it on its first conversion of Python values, about 0.25 s) and
-    ua-parser's rules (0.1 s). Both mostly hold the GIL, which the first DuckDB scans,
-    running meanwhile, do not need; whoever needs either first waits on its import or
-    initialisation lock until the thread is done with it. Started after the segment checks,
-    which need the GIL more often (started before them, it slowed them by as much)."""
+    ua-parser's rules (0.13 s, in calls that hold the GIL for up to 75 ms). Started just
+    before the first batch is read: DuckDB's scans do not need the GIL, the Python steps
+    before them do (started after the segment checks, it stalled them by 0.1 s on small
+    runs; before the checks, it slowed them by as much as it saved). Whoever needs either
+    first waits on its import or initialisation lock until the thread is done with it."""
 
     def load() -> None:
         try:
@@ -451,8 +453,6 @@ def _screen(
     # Checks decode in Arrow, outside the GIL: two segments at a time use both cores.
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         checked = dict(zip(unchecked, pool.map(inspect_segment, unchecked), strict=True))
-    if unchecked:
-        _warm_up()
     kept = []
     spans: dict[Path, Span] = {}
     for segment in segments:
@@ -642,6 +642,9 @@ def _publish_days(
 ) -> None:
     """Steps 1-8 of the daily event tables for one batch of local days."""
     files = _covering(days, by_partition, work.zone)
+    if files and not work.warmed_up:
+        work.warmed_up = True
+        _warm_up()
     batch = engine.load_days(files, days) if files else None
     per_day = batch.rows_per_day if batch else {}
     versions = batch.policy_versions if batch else ()
