@@ -229,3 +229,40 @@ def test_a_local_day_gets_every_event_from_the_utc_partitions_it_spans(
         ("/early", 12),
         ("/late", 12),
     ]
+
+
+def test_campaign_tags_decide_the_channel_and_ties_break_by_page(tmp_path: Path) -> None:
+    """Tags override the referrer's channel (email, social, else campaign); a visit's entry,
+    source, channel and tags are its first pageview's, and pageviews at the same instant are
+    ordered by page, source, channel, then tags (the ids sort as the names do)."""
+    google = {"referrer_host": "www.google.com"}
+    events = crowd(T0, 12, "/news", prefix="e", utm_source="news", utm_medium="Email", **google)
+    events += crowd(T0, 12, "/", prefix="s", **google)
+    events += crowd(T0, 12, "/offer", prefix="c", utm_medium="cpc")
+    tied = T0 + timedelta(hours=2)
+    for i in range(12):
+        visitor = f"t{i:030d}"
+        events.append(event(tied, visitor, "/b", utm_source="zz"))
+        events.append(event(tied, visitor, "/a"))
+        # Same page and source: "campaign" sorts before "direct", then "aa" before "bb".
+        visitor = f"u{i:030d}"
+        events.append(event(tied, visitor, "/c"))
+        events.append(event(tied, visitor, "/c", utm_source="bb"))
+        events.append(event(tied, visitor, "/c", utm_source="aa"))
+    stats = publish(tmp_path, events)
+    assert rows(stats, "SELECT source, channel, visits FROM sources_daily ORDER BY 1, 2") == [
+        ("(direct)", "campaign", 24),
+        ("(direct)", "direct", 12),
+        ("Google", "email", 12),
+        ("Google", "search", 12),
+    ]
+    campaigns = "SELECT utm_source, utm_medium, utm_campaign, visits FROM campaigns_daily"
+    assert rows(stats, campaigns + " ORDER BY 1, 2") == [
+        ("aa", None, None, 12),
+        ("news", "Email", None, 12),
+        (None, "cpc", None, 12),
+    ]
+    assert rows(stats, "SELECT page, entries FROM pages_daily WHERE page IN ('/a', '/b')") == [
+        ("/a", 12),
+        ("/b", 0),
+    ]

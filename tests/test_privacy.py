@@ -15,7 +15,7 @@ from synthetic import CHROME, crowd, event, generate
 
 import anonymizer
 from anonymizer.pipeline import RunOptions
-from anonymizer.tables import TABLES
+from anonymizer.tables import TABLES, TableDef
 from consent_middleware.raw.segments import write_segment
 
 SAMPLE_LOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "apache_combined_sample.log"
@@ -147,12 +147,22 @@ def test_sample_log_stats_are_k_anonymous_and_bot_free(sample_stats: Path) -> No
 # ------------------------------------------------------------------ cells grouped by ids
 
 
+def _grouped_by_names(table: TableDef, *replacements: tuple[str, str]) -> TableDef:
+    """``table`` with its source rewritten (each ``(old, new)`` in turn) to group by the
+    names themselves, without ``TableDef.names``."""
+    import dataclasses
+
+    source = table.source
+    for old, new in replacements:
+        source = source.replace(old, new)
+    return dataclasses.replace(table, names=(), source=source)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_cells_grouped_by_ids_publish_what_cells_grouped_by_names_would(seed: int) -> None:
     """``pages_daily`` groups pages by id and names its cells afterwards (``TableDef.names``):
     the published rows must be exactly those of grouping by the page names, including a
     real page named ``(other)``, which merges into the folded row."""
-    import dataclasses
     import random
 
     import duckdb
@@ -187,12 +197,8 @@ def test_cells_grouped_by_ids_publish_what_cells_grouped_by_names_would(seed: in
         pa.table({**columns, "page": [names[r[1]] for r in rows]}),
     )
     by_id = TABLES["pages_daily"]
-    by_name = dataclasses.replace(
-        by_id,
-        names=(),
-        source=by_id.source.replace("page_id", "page").replace(
-            "FROM visit_pageviews", "FROM visit_pageviews_named"
-        ),
+    by_name = _grouped_by_names(
+        by_id, ("page_id", "page"), ("FROM visit_pageviews", "FROM visit_pageviews_named")
     )
     for k in (3, 10, 25):
         got = con.sql(table_sql(by_id, k=k, max_pageviews=2)).fetchall()
@@ -205,7 +211,6 @@ def test_campaign_and_channel_ids_publish_what_their_names_would(seed: int) -> N
     """``campaigns_daily`` groups by one id per tag combination (three names, nulls among
     them) and ``sources_daily`` by two ids (source, channel): the published rows must be
     those of grouping by the names, including a real ``(other)`` combination."""
-    import dataclasses
     import random
 
     import duckdb
@@ -266,21 +271,18 @@ def test_campaign_and_channel_ids_publish_what_their_names_would(seed: int) -> N
         "channel": [channels[v[3]] for v in visits],
     }
     con.register("visits_named", pa.table(named))
-    campaigns = TABLES["campaigns_daily"]
-    campaigns_by_name = dataclasses.replace(
+    campaigns, sources_table = TABLES["campaigns_daily"], TABLES["sources_daily"]
+    campaigns_by_name = _grouped_by_names(
         campaigns,
-        names=(),
-        source=campaigns.source.replace("utm_id", "utm_source, utm_medium, utm_campaign")
-        .replace("utm_source, utm_medium, utm_campaign IS NOT NULL", "utm_id IS NOT NULL")
-        .replace("FROM visits", "FROM visits_named"),
+        ("utm_id", "utm_source, utm_medium, utm_campaign"),
+        ("utm_source, utm_medium, utm_campaign IS NOT NULL", "utm_id IS NOT NULL"),
+        ("FROM visits", "FROM visits_named"),
     )
-    sources_table = TABLES["sources_daily"]
-    sources_by_name = dataclasses.replace(
+    sources_by_name = _grouped_by_names(
         sources_table,
-        names=(),
-        source=sources_table.source.replace("source_id", "source")
-        .replace("channel_id", "channel")
-        .replace("FROM visits", "FROM visits_named"),
+        ("source_id", "source"),
+        ("channel_id", "channel"),
+        ("FROM visits", "FROM visits_named"),
     )
     for by_id, by_name in ((campaigns, campaigns_by_name), (sources_table, sources_by_name)):
         for k in (3, 10, 25):
