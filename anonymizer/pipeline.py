@@ -270,6 +270,7 @@ class _Run:
         """Set by :func:`_locked_run`: what a killed run left, what this run does."""
         self.publications = 0
         self.warmed_up = False
+        """Whether :func:`_warm_up` has been started (once per run)."""
 
     def restart(self) -> None:
         """Start the steps over (after quarantining a segment the engine failed on)."""
