@@ -41,9 +41,6 @@ class DayBatch:
     """Policy versions seen in those events."""
 
 
-_DAY = timedelta(days=1)
-
-
 def _file_list(files: Sequence[Path]) -> str:
     return "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
 
@@ -145,16 +142,15 @@ class DuckDBEngine:
     def _segments_clock(self, files: Sequence[Path]) -> Clock:
         """A clock exact for every event of the segment ``files``, without a scan: a
         checked segment only holds events of the UTC date its ``date=`` folder names."""
-        days = [partition_day(f) for f in files]
-        if not days or None in days:
+        days = [d for d in map(partition_day, files) if d is not None]
+        if not days or len(days) < len(files):
             scan = _parquet_scan(files)
             return self._clock_between(
                 *self.con.execute(f"SELECT min(ts), max(ts) FROM {scan}").fetchall()[0]
             )
-        first = min(d for d in days if d is not None)
-        last = max(d for d in days if d is not None)
-        start = datetime.combine(first, time(), UTC)
-        return offset_clock(self.timezone, start, datetime.combine(last, time(), UTC) + _DAY)
+        start = datetime.combine(min(days), time(), UTC)
+        end = datetime.combine(max(days) + timedelta(days=1), time(), UTC)
+        return offset_clock(self.timezone, start, end)
 
     def load_days(self, files: Sequence[Path], days: Collection[date]) -> DayBatch:
         """Steps 1-4 for the local ``days``, reading the segment ``files`` that cover them.

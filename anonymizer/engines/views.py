@@ -129,12 +129,11 @@ DISTINCT_PATHS_SQL = (
     + ") AS recorded FROM raw GROUP BY path"
 )
 """Each distinct raw path, and whether every event with it came from the middleware."""
-UTM_TAGGED = "utm_source IS NOT NULL OR utm_medium IS NOT NULL OR utm_campaign IS NOT NULL"
-"""An event that carries at least one campaign tag."""
 DISTINCT_UTMS_SQL = (
-    f"SELECT DISTINCT utm_source, utm_medium, utm_campaign FROM raw WHERE {UTM_TAGGED}"
+    "SELECT DISTINCT utm_source, utm_medium, utm_campaign FROM raw"
+    " WHERE utm_source IS NOT NULL OR utm_medium IS NOT NULL OR utm_campaign IS NOT NULL"
 )
-"""Each distinct combination of campaign tags (the ``utm_map`` lookup)."""
+"""Each distinct combination of campaign tags, at least one set (the ``utm_map`` lookup)."""
 
 
 def erased_filter(has_erased: bool, alias: str = "r", source: str = "raw") -> str:
@@ -165,11 +164,10 @@ LOOKUP_IDS = (
     ),
     (
         "utm_channels",
-        # A tagged visit's channel comes from its tags alone (CHANNEL_SQL's ELSE is never
-        # reached): one per distinct combination, not per event.
+        # A tagged visit's channel comes from its tags alone (``utm_map`` holds tagged
+        # combinations, so CHANNEL_SQL's ELSE is never reached): once per combination.
         f"SELECT utm_source, utm_medium, utm_campaign, {CHANNEL_SQL} AS channel FROM"
-        " (SELECT *, CAST(NULL AS VARCHAR) AS channel FROM utm_map) AS u"
-        f" WHERE {UTM_TAGGED}",
+        " (SELECT *, CAST(NULL AS VARCHAR) AS channel FROM utm_map) AS u",
     ),
     (
         "channel_names",
