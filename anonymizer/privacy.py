@@ -81,10 +81,16 @@ def table_sql(table: TableDef, *, k: int, max_pageviews: int) -> str:
     # Output rounding stays in the outermost SELECT, where the Spark transpiler expects it
     # (:mod:`anonymizer.engines.sql` rounds those columns like DuckDB after the query).
     rounded = {name: _split_round(expr) for name, expr in table.measures}
-    cell_measures = "".join(
-        f", {rounded[name][0].replace(distinct, per_cell)} AS m_{name}" for name in measures
-    )
-    kept = ", ".join((f"m_{c}" if c in measures else c) + f" AS {c}" for c in names)
+    # Measure name -> (aggregate, cell column, its value): one cell column per measure,
+    # except percentiles of one column, which share one.
+    cells = {
+        name: (rounded[name][0].replace(distinct, per_cell), f"m_{name}", f"m_{name}")
+        for name in measures
+    }
+    cells.update(_shared_percentiles({name: inner for name, (inner, _) in rounded.items()}))
+    aggregates = dict.fromkeys((expr, column) for expr, column, _ in cells.values())
+    cell_measures = "".join(f", {expr} AS {column}" for expr, column in aggregates)
+    kept = ", ".join((cells[c][2] if c in measures else c) + f" AS {c}" for c in names)
     folded = ", ".join(
         others.get(c, rounded[c][0] if c in measures else c) + f" AS {c}" for c in names
     )
@@ -127,6 +133,34 @@ def _with_names(table: TableDef, relation: str) -> str:
             f" ON {alias}.{lookup.id_column} = r.{lookup.id_column}"
         )
     return f"SELECT r.*, {', '.join(columns)} FROM {relation} AS r{''.join(joins)}"
+
+
+_PERCENTILE = re.compile(r"PERCENTILE_CONT\(([0-9.]+)\) WITHIN GROUP \(ORDER BY (\w+)\)")
+
+
+def _shared_percentiles(measures: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    """Measures that are percentiles of one column, as one aggregate and an element each:
+    ``{name: (aggregate, cell column, its element)}``.
+
+    ``PERCENTILE_CONT(q) WITHIN GROUP (ORDER BY x)`` keeps every value of ``x`` in a cell and
+    sorts them; two such measures keep and sort them twice. ``PERCENTILE_CONT([q1, q2])``
+    does it once and returns a list (15% of ``performance_daily``, measured); DuckDB's
+    lists count from 1, and the Spark transpiler shifts the positions to its own.
+    """
+    by_column: dict[str, list[tuple[str, str]]] = {}
+    for name, expr in measures.items():
+        match = _PERCENTILE.fullmatch(expr.strip())
+        if match is not None:
+            by_column.setdefault(match.group(2), []).append((name, match.group(1)))
+    shared: dict[str, tuple[str, str, str]] = {}
+    for column, found in by_column.items():
+        if len(found) < 2:
+            continue
+        fractions = ", ".join(q for _, q in found)
+        aggregate = f"PERCENTILE_CONT([{fractions}]) WITHIN GROUP (ORDER BY {column})"
+        for position, (name, _) in enumerate(found, start=1):
+            shared[name] = (aggregate, f"m_pct_{column}", f"m_pct_{column}[{position}]")
+    return shared
 
 
 def _split_round(expr: str) -> tuple[str, str | None]:

@@ -121,6 +121,39 @@ def test_contributions_are_bounded_per_visitor_day_and_row(tmp_path: Path) -> No
     assert rows(stats, "SELECT requests FROM performance_daily") == [(31,)]
 
 
+def _percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (PERCENTILE_CONT), rounded like STATS."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (position - low), 1)
+
+
+def test_response_time_percentiles_per_cell_and_in_the_folded_row(tmp_path: Path) -> None:
+    kept = [float(d) for d in (5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 1000)]
+    events = [
+        event(T0 + timedelta(seconds=i), f"k{i:030d}", "/kept", duration_ms=d)
+        for i, d in enumerate(kept)
+    ]
+    # Rare pages fold into (other): its percentiles come from the folded requests themselves.
+    rare = [float(d) for d in (2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377)]
+    events += [
+        event(T0 + timedelta(seconds=i), f"r{i:030d}", f"/rare-{i % 6}", duration_ms=d)
+        for i, d in enumerate(rare)
+    ]
+    events.append(event(T0, "e" + "0" * 29, "/kept", status=404, duration_ms=9.0))
+    stats = publish(tmp_path, events)
+    assert rows(
+        stats,
+        "SELECT page, status_class, requests, p50_ms, p95_ms FROM performance_daily"
+        " ORDER BY page, status_class",
+    ) == [
+        ("(other)", "(other)", 13, _percentile([*rare, 9.0], 0.5), _percentile([*rare, 9.0], 0.95)),
+        ("/kept", "2xx", 13, _percentile(kept, 0.5), _percentile(kept, 0.95)),
+    ]
+
+
 def test_rare_values_fold_into_other_and_small_other_rows_are_dropped(tmp_path: Path) -> None:
     events = crowd(T0, 12, "/popular")
     # Six rare pages with two visitors each: 12 distinct visitors together, (other) is shown.

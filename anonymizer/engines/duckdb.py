@@ -224,13 +224,14 @@ class DuckDBEngine:
             "  ignore_errors = true, filename = true, columns = {ts: 'VARCHAR',"
             "  action: 'VARCHAR', granted: 'VARCHAR[]', refused: 'VARCHAR[]'})"
         )
-        bounds = self.con.execute(
-            "SELECT min(TRY_CAST(ts AS TIMESTAMPTZ)), max(TRY_CAST(ts AS TIMESTAMPTZ))"
-            f" FROM {scan} WHERE {views.decision_filter(actions)}"
-        ).fetchall()
+        # The JSON is parsed once: the clock's span comes from the parsed times.
+        records = views.ledger_records_sql(scan, actions)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE ledger_records AS {records}")
+        bounds = self.con.execute("SELECT min(ts), max(ts) FROM ledger_records").fetchall()
         clock = self._clock_between(*bounds[0])
-        decisions = views.ledger_decisions_sql(scan, actions, clock)
+        decisions = views.ledger_decisions_sql("ledger_records", clock)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE ledger_decisions AS {decisions}")
+        self.con.execute("DROP TABLE ledger_records")
 
     def consent_days(self, files: Sequence[Path]) -> dict[date, int]:
         """Local days named by decisions in ``files`` (and how many purpose rows each)."""

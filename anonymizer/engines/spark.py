@@ -311,7 +311,8 @@ class SparkEngine:
             .select("*", col("_metadata.file_name").alias("filename"))
         )
         self._view("ledger_lines", lines)
-        decisions = self._sql(views.ledger_decisions_sql("ledger_lines", actions, self._clock))
+        self._view("ledger_records", self._sql(views.ledger_records_sql("ledger_lines", actions)))
+        decisions = self._sql(views.ledger_decisions_sql("ledger_records", self._clock))
         self._view("ledger_decisions", decisions, cache=True)
 
     def consent_days(self, files: Sequence[Path]) -> dict[date, int]:

@@ -297,14 +297,23 @@ def decision_filter(actions: Collection[str]) -> str:
     return f"action IN ({', '.join(sql_string(a) for a in sorted(actions))})"
 
 
-def ledger_decisions_sql(scan: str, actions: Collection[str], clock: Clock) -> str:
-    """One row per purpose named by a decision in the ledger ``scan`` (columns
-    ``filename`` and :data:`LEDGER_COLUMNS`); unreadable times and other actions skipped."""
-    day = clock("TRY_CAST(ts AS TIMESTAMPTZ)")[0]
+def ledger_records_sql(scan: str, actions: Collection[str]) -> str:
+    """The decisions in the ledger ``scan`` (columns ``filename`` and
+    :data:`LEDGER_COLUMNS`) as (file, ts, granted, refused); unreadable times and other
+    actions skipped."""
     return (
-        f"WITH records AS (SELECT filename AS file, {day} AS date, granted, refused"
+        "SELECT filename AS file, TRY_CAST(ts AS TIMESTAMPTZ) AS ts, granted, refused"
         f" FROM {scan}"
-        f" WHERE {decision_filter(actions)} AND TRY_CAST(ts AS TIMESTAMPTZ) IS NOT NULL)"
+        f" WHERE {decision_filter(actions)} AND TRY_CAST(ts AS TIMESTAMPTZ) IS NOT NULL"
+    )
+
+
+def ledger_decisions_sql(records: str, clock: Clock) -> str:
+    """One row per purpose named by a decision in ``records``
+    (:func:`ledger_records_sql`), dated by ``clock``."""
+    return (
+        f"WITH records AS (SELECT file, {clock('ts')[0]} AS date, granted, refused"
+        f" FROM {records})"
         " SELECT file, date, unnest(granted) AS purpose, 1 AS granted, 0 AS refused"
         " FROM records WHERE granted IS NOT NULL"
         " UNION ALL SELECT file, date, unnest(refused), 0, 1"
