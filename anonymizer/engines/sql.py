@@ -15,7 +15,8 @@ whose sqlglot translation would change the result:
     division DuckDB does, so visit gaps and durations are bit-identical.
 ``PERCENTILE_CONT(q) WITHIN GROUP (ORDER BY x)``
     sqlglot writes ``PERCENTILE_APPROX`` (approximate); rewritten to Spark's exact
-    ``percentile(x, q)`` (linear interpolation, as DuckDB's).
+    ``percentile(x, q)`` (linear interpolation, as DuckDB's). With a list ``[q1, q2]`` both
+    return a list; sqlglot shifts DuckDB's 1-based positions (``p[1]``) to Spark's ``p[0]``.
 ``ROUND(x, d)`` on an output column
     Spark rounds the *decimal rendering* of a double half-up (1.15 gives 1.2), DuckDB the
     exact binary value half away from zero (1.15 is 1.149999... and gives 1.1). A top-level
