@@ -33,18 +33,21 @@ import shutil
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from anonymizer import ledger_cache
 from anonymizer.engines import (
     SPARK_INSTALL_HINT,
+    DuckDBEngine,
     Engine,
     EngineName,
     EngineUnavailableError,
@@ -390,6 +393,7 @@ def _locked_run(
         fault_point("manifest")
         _save_state(raw, stats, new_state)
         fault_point("state")
+        _tidy_ledger_cache(raw)
     except BaseException:
         journal.close()  # kept: the next run completes this one
         raise
@@ -414,6 +418,9 @@ def _remove_leftovers(raw: Path, stats: Path) -> None:
     remove_stale_temporaries(stats)
     pipeline = raw / "pipeline"
     for tmp in pipeline.glob(f".*{TEMP_SUFFIX}") if pipeline.is_dir() else ():
+        tmp.unlink(missing_ok=True)
+    cache = ledger_cache.cache_dir(raw)
+    for tmp in cache.glob(f"*{TEMP_SUFFIX}") if cache.is_dir() else ():
         tmp.unlink(missing_ok=True)
     shutil.rmtree(pipeline / "spill", ignore_errors=True)
 
@@ -669,21 +676,19 @@ def _consent_step(
     state: Mapping[str, Any],
     final_days: set[date],
     published: set[date],
-) -> dict[str, list[int]]:
-    """consent_daily: recompute the non-final days named by new or grown ledger files."""
+) -> dict[str, int]:
+    """consent_daily: recompute the non-final days of the decisions added to the ledger
+    since this STATS folder's last run. Only what the ledger gained is parsed (see
+    :mod:`anonymizer.ledger_cache`); returns the bytes of each stream now counted."""
     folder = RawLayout.at(work.raw_dir).ledger
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    seen: dict[str, list[int]] = dict(state.get("ledger", {}))
-    stamps = {str(p.relative_to(work.raw_dir)): _file_stamp(p) for p in files}
-    changed = [
-        p
-        for p in files
-        if seen.get(str(p.relative_to(work.raw_dir))) != stamps[str(p.relative_to(work.raw_dir))]
-    ]
-    if not changed:
-        return stamps
-    engine.load_ledger(files, DECISION_ACTIONS)
-    touched = engine.consent_days(changed)
+    counted = _ledger_offsets(state)
+    with _duckdb_connection(engine) as con:
+        found = ledger_cache.update(work.raw_dir, files, counted, DECISION_ACTIONS, con)
+    if not found.new:
+        return found.offsets
+    engine.load_ledger(found.chunks)
+    touched = engine.consent_days(found.new)
     days = {d for d in touched if d not in final_days}
     per_day = engine.select_consent(days)
     work.report.consent_decisions = sum(per_day.values())
@@ -692,7 +697,52 @@ def _consent_step(
     for day in sorted(days):
         work.publish(table, day, result, work.metadata(per_day.get(day, 0), ()))
         published.add(day)
-    return stamps
+    return found.offsets
+
+
+def _ledger_offsets(state: Mapping[str, Any]) -> dict[str, int]:
+    """Bytes of each ledger stream a state has counted (none in a state written before the
+    ledger cache, which kept file stamps instead: then every decision counts as new)."""
+    saved = state.get("ledger", {})
+    return {
+        name: value
+        for name, value in (saved.items() if isinstance(saved, dict) else ())
+        if isinstance(value, int) and not isinstance(value, bool)
+    }
+
+
+@contextmanager
+def _duckdb_connection(engine: Engine) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The DuckDB engine's own connection, or a private one (in UTC) for another engine."""
+    if isinstance(engine, DuckDBEngine):
+        yield engine.con
+        return
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        yield con
+    finally:
+        con.close()
+
+
+def _tidy_ledger_cache(raw_dir: Path) -> None:
+    """After a run is saved: merge the chunks every STATS folder's state has counted."""
+    folder = RawLayout.at(raw_dir).ledger
+    streams = {f.name for f in folder.glob("*.jsonl")} if folder.is_dir() else set()
+    floors: dict[str, int] | None = None
+    for path in sorted((raw_dir / "pipeline").glob("state-*.json")):
+        try:
+            offsets = _ledger_offsets(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable: its run starts over anyway
+        floors = (
+            offsets
+            if floors is None
+            else {name: min(n, offsets.get(name, 0)) for name, n in floors.items()}
+        )
+    # A cache: what a merge could not tidy is still read correctly, and tidied next time.
+    with suppress(OSError, pa.ArrowException):
+        ledger_cache.merge(raw_dir, streams, floors or {})
 
 
 def _retention_step(

@@ -45,8 +45,8 @@ class Engine(Protocol):
         """Steps 1-4 for the local ``days`` from the segment ``files`` covering them."""
         ...
 
-    def load_ledger(self, files: Sequence[Path], actions: Collection[str]) -> None:
-        """Every consent decision of the ledger ``files``."""
+    def load_ledger(self, chunks: Sequence[Path]) -> None:
+        """Every consent decision in the ledger ``chunks`` (:mod:`anonymizer.ledger_cache`)."""
 
     def consent_days(self, files: Sequence[Path]) -> dict[date, int]:
         """Local days named by decisions in ``files``."""

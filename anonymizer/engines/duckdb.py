@@ -101,6 +101,7 @@ class DuckDBEngine:
         if temp_directory is not None:
             config["temp_directory"] = str(temp_directory)
         self.con = duckdb.connect(":memory:", config=config)
+        self._ledger_chunks: list[Path] = []
         self.con.execute(f"SET TimeZone = {_sql_string('UTC')}")
 
     def close(self) -> None:
@@ -207,41 +208,49 @@ class DuckDBEngine:
 
     # ------------------------------------------------------------------ other inputs
 
-    def load_ledger(self, files: Sequence[Path], actions: Collection[str]) -> None:
-        """Every consent decision in the ledger ``files``: one row per purpose named.
+    def load_ledger(self, chunks: Sequence[Path]) -> None:
+        """The consent decisions to read: the ledger ``chunks`` (Parquet files of ``ts``,
+        ``granted``, ``refused``, see :mod:`anonymizer.ledger_cache`). Read only by
+        :meth:`consent_days` and :meth:`select_consent`, each for what it needs."""
+        self._ledger_chunks = list(chunks)
 
-        A crash may tear a file's last line and a ledger may hold foreign lines: unparsable
-        lines, unknown actions and unreadable times are skipped, never fatal.
-        """
-        if not files:
+    def _load_decisions(self, chunks: Sequence[Path], start: datetime, end: datetime) -> None:
+        """``ledger_decisions``: one row per purpose named by a decision of ``chunks`` made
+        from ``start`` to before ``end``, dated by local day."""
+        if not chunks:
             self.con.execute(
-                "CREATE OR REPLACE TEMP TABLE ledger_decisions (file VARCHAR, date DATE,"
-                " purpose VARCHAR, granted BIGINT, refused BIGINT)"
+                "CREATE OR REPLACE TEMP TABLE ledger_decisions (date DATE, purpose VARCHAR,"
+                " granted BIGINT, refused BIGINT)"
             )
             return
-        scan = (
-            f"read_json({_file_list(files)}, format = 'newline_delimited',"
-            "  ignore_errors = true, filename = true, columns = {ts: 'VARCHAR',"
-            "  action: 'VARCHAR', granted: 'VARCHAR[]', refused: 'VARCHAR[]'})"
-        )
-        # The JSON is parsed once: the clock's span comes from the parsed times.
-        records = views.ledger_records_sql(scan, actions)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE ledger_records AS {records}")
-        bounds = self.con.execute("SELECT min(ts), max(ts) FROM ledger_records").fetchall()
-        clock = self._clock_between(*bounds[0])
-        decisions = views.ledger_decisions_sql("ledger_records", clock)
+        scan = f"read_parquet({_file_list(chunks)})"
+        records = views.ledger_range_sql(scan, start, end)
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW ledger_records AS {records}")
+        decisions = views.ledger_decisions_sql("ledger_records", self._clock_between(start, end))
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE ledger_decisions AS {decisions}")
-        self.con.execute("DROP TABLE ledger_records")
+        self.con.execute("DROP VIEW ledger_records")
 
     def consent_days(self, files: Sequence[Path]) -> dict[date, int]:
-        """Local days named by decisions in ``files`` (and how many purpose rows each)."""
+        """Local days named by the decisions in the chunks ``files`` (and how many purpose
+        rows each)."""
         if not files:
             return {}
-        rows = self.con.execute(views.consent_days_sql([str(f) for f in files])).fetchall()
+        scan = f"read_parquet({_file_list(files)})"
+        low, high = self.con.execute(f"SELECT min(ts), max(ts) FROM {scan}").fetchall()[0]
+        if low is None or high is None:
+            return {}
+        self._load_decisions(files, low, high + timedelta(microseconds=1))
+        rows = self.con.execute(views.DECISION_DAYS_SQL).fetchall()
         return {d: int(n) for d, n in rows}
 
     def select_consent(self, days: Collection[date]) -> dict[date, int]:
-        """The ``consent_decisions`` view over ``days``; returns decisions rows per day."""
+        """The ``consent_decisions`` view: every decision of the local ``days`` in the
+        chunks given to :meth:`load_ledger`; returns decisions rows per day."""
+        if days:
+            self._load_decisions(self._ledger_chunks, *utc_bounds(days, self.timezone))
+        else:
+            now = datetime.now(UTC)
+            self._load_decisions([], now, now)
         decisions = views.consent_decisions_sql(days)
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW consent_decisions AS {decisions}")
         rows = self.con.execute(views.ROWS_PER_DAY_SQL).fetchall()

@@ -24,7 +24,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -57,7 +57,6 @@ _UA_TYPE = StructType(
 _REF_TYPE = StructType([StructField("source", StringType()), StructField("channel", StringType())])
 _PATH_TYPE = StructType([StructField("page", StringType()), StructField("is_asset", BooleanType())])
 _RAW_SCHEMA = from_arrow_schema(RAW_EVENT_SCHEMA)
-_LEDGER_SCHEMA = "ts string, action string, granted array<string>, refused array<string>"
 
 _session_lock = threading.Lock()
 
@@ -190,6 +189,7 @@ class SparkEngine:
             self.spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
         self._cached: dict[str, DataFrame] = {}
         self._has_erased = False
+        self._ledger_chunks: list[Path] = []
 
     def close(self) -> None:
         """Drop this engine's cached tables (the shared session stays up for reuse)."""
@@ -291,38 +291,50 @@ class SparkEngine:
 
     # ------------------------------------------------------------------ other inputs
 
-    def load_ledger(self, files: Sequence[Path], actions: Collection[str]) -> None:
-        """Every consent decision in the ledger ``files``: one row per purpose named.
+    def load_ledger(self, chunks: Sequence[Path]) -> None:
+        """The consent decisions to read: the ledger ``chunks`` (see
+        :mod:`anonymizer.ledger_cache`), read by :meth:`consent_days` and
+        :meth:`select_consent`, each for what it needs."""
+        self._ledger_chunks = list(chunks)
 
-        Torn or foreign lines are dropped (``DROPMALFORMED``, DuckDB's ``ignore_errors``);
-        unknown actions and unreadable times are skipped. Files are named by file name
-        (the ledger is one folder).
-        """
-        if not files:
+    def _load_decisions(self, chunks: Sequence[Path], start: datetime, end: datetime) -> None:
+        """``ledger_decisions``: one row per purpose named by a decision of ``chunks`` made
+        from ``start`` to before ``end``, dated by local day."""
+        if not chunks:
             empty = self.spark.createDataFrame(
-                [], "file string, date date, purpose string, granted bigint, refused bigint"
+                [], "date date, purpose string, granted bigint, refused bigint"
             )
             self._view("ledger_decisions", empty)
             return
-        lines = (
-            self.spark.read.schema(_LEDGER_SCHEMA)
-            .option("mode", "DROPMALFORMED")
-            .json([str(f) for f in files])
-            .select("*", col("_metadata.file_name").alias("filename"))
-        )
-        self._view("ledger_lines", lines)
-        self._view("ledger_records", self._sql(views.ledger_records_sql("ledger_lines", actions)))
+        self._view("ledger_chunks", self.spark.read.parquet(*[str(f) for f in chunks]))
+        self._view("ledger_records", self._sql(views.ledger_range_sql("ledger_chunks", start, end)))
         decisions = self._sql(views.ledger_decisions_sql("ledger_records", self._clock))
         self._view("ledger_decisions", decisions, cache=True)
 
     def consent_days(self, files: Sequence[Path]) -> dict[date, int]:
-        """Local days named by decisions in ``files`` (and how many purpose rows each)."""
+        """Local days named by the decisions in the chunks ``files`` (and how many purpose
+        rows each)."""
         if not files:
             return {}
-        return _day_counts(self._rows(views.consent_days_sql([Path(f).name for f in files])))
+        chunks = self.spark.read.parquet(*[str(f) for f in files])
+        # As integers: Spark hands timestamps to Python in the machine's local time.
+        row = chunks.selectExpr("unix_micros(min(ts))", "unix_micros(max(ts))").first()
+        low, high = (None, None) if row is None else tuple(row)
+        if low is None or high is None:
+            return {}
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        start = epoch + timedelta(microseconds=int(low))
+        self._load_decisions(files, start, epoch + timedelta(microseconds=int(high) + 1))
+        return _day_counts(self._rows(views.DECISION_DAYS_SQL))
 
     def select_consent(self, days: Collection[date]) -> dict[date, int]:
-        """The ``consent_decisions`` view over ``days``; returns decisions rows per day."""
+        """The ``consent_decisions`` view: every decision of the local ``days`` in the
+        chunks given to :meth:`load_ledger`; returns decisions rows per day."""
+        if days:
+            self._load_decisions(self._ledger_chunks, *views.utc_bounds(days, self.timezone))
+        else:
+            now = datetime.now(UTC)
+            self._load_decisions([], now, now)
         self._view("consent_decisions", self._sql(views.consent_decisions_sql(days)))
         return _day_counts(self._rows(views.ROWS_PER_DAY_SQL))
 

@@ -47,8 +47,7 @@ MIDDLEWARE_SOURCE = "middleware"
 """Events recorded by the middleware carry route templates; only imported paths are rescrubbed."""
 
 LEDGER_COLUMNS = ("ts", "action", "granted", "refused")
-"""Fields read from each ledger line (ts and action as text, granted/refused as text lists);
-a ledger scan also yields ``filename``."""
+"""Fields read from each ledger line (ts and action as text, granted/refused as text lists)."""
 
 
 def sql_string(value: str) -> str:
@@ -298,33 +297,39 @@ def decision_filter(actions: Collection[str]) -> str:
 
 
 def ledger_records_sql(scan: str, actions: Collection[str]) -> str:
-    """The decisions in the ledger ``scan`` (columns ``filename`` and
-    :data:`LEDGER_COLUMNS`) as (file, ts, granted, refused); unreadable times and other
-    actions skipped."""
+    """The decisions among the ledger lines of ``scan`` (columns :data:`LEDGER_COLUMNS`) as
+    (ts, granted, refused); unreadable times and other actions skipped."""
     return (
-        "SELECT filename AS file, TRY_CAST(ts AS TIMESTAMPTZ) AS ts, granted, refused"
+        "SELECT TRY_CAST(ts AS TIMESTAMPTZ) AS ts, granted, refused"
         f" FROM {scan}"
         f" WHERE {decision_filter(actions)} AND TRY_CAST(ts AS TIMESTAMPTZ) IS NOT NULL"
     )
 
 
 def ledger_decisions_sql(records: str, clock: Clock) -> str:
-    """One row per purpose named by a decision in ``records``
-    (:func:`ledger_records_sql`), dated by ``clock``."""
+    """One row per purpose named by a decision in ``records`` (``ts``, ``granted``,
+    ``refused``: :func:`ledger_records_sql`, as cached by :mod:`anonymizer.ledger_cache`),
+    dated by ``clock``."""
     return (
-        f"WITH records AS (SELECT file, {clock('ts')[0]} AS date, granted, refused"
-        f" FROM {records})"
-        " SELECT file, date, unnest(granted) AS purpose, 1 AS granted, 0 AS refused"
+        f"WITH records AS (SELECT {clock('ts')[0]} AS date, granted, refused FROM {records})"
+        " SELECT date, unnest(granted) AS purpose, 1 AS granted, 0 AS refused"
         " FROM records WHERE granted IS NOT NULL"
-        " UNION ALL SELECT file, date, unnest(refused), 0, 1"
+        " UNION ALL SELECT date, unnest(refused), 0, 1"
         " FROM records WHERE refused IS NOT NULL"
     )
 
 
-def consent_days_sql(files: Collection[str]) -> str:
-    """Decision rows per local day among the ledger ``files`` (as the scan names them)."""
-    names = ", ".join(sql_string(f) for f in sorted(files)) or "NULL"
-    return f"SELECT date, COUNT(*) FROM ledger_decisions WHERE file IN ({names}) GROUP BY date"
+def ledger_range_sql(scan: str, start: datetime, end: datetime) -> str:
+    """The cached decisions of ``scan`` made from ``start`` to before ``end`` (the range
+    test lets Parquet readers skip the row groups of other days)."""
+    return (
+        f"SELECT ts, granted, refused FROM {scan}"
+        f" WHERE ts >= TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ '{end.isoformat()}'"
+    )
+
+
+DECISION_DAYS_SQL = "SELECT date, COUNT(*) FROM ledger_decisions GROUP BY date"
+"""Decision rows per local day in ``ledger_decisions``."""
 
 
 def consent_decisions_sql(days: Collection[date]) -> str:
