@@ -38,7 +38,6 @@ import pyarrow.parquet as pq
 
 from anonymizer.engines.views import ledger_records_sql, sql_string
 from consent_middleware.raw.layout import TEMP_SUFFIX
-from consent_middleware.raw.segments import replace_atomically
 
 CACHE_FOLDER: Final = "ledger-v1"
 """Under ``RAW/pipeline/``; a new name whenever what a chunk holds changes (columns, the
@@ -113,7 +112,12 @@ def update(
     return LedgerUpdate(chunks, new, offsets)
 
 
-def merge(raw_dir: Path, streams: Collection[str], counted: Mapping[str, int]) -> int:
+def merge(
+    raw_dir: Path,
+    streams: Collection[str],
+    counted: Mapping[str, int],
+    con: duckdb.DuckDBPyConnection,
+) -> int:
     """Tidy the cache after a run: remove chunks of streams no longer in ``streams`` and
     chunks a merge superseded, and merge the chunks of a stream that end within
     ``counted`` (the smallest offset any STATS folder's state has for it) once there are
@@ -128,10 +132,10 @@ def merge(raw_dir: Path, streams: Collection[str], counted: Mapping[str, int]) -
         done = [chunk for chunk in chain if chunk.end <= counted.get(stream, 0)]
         if len(done) < MERGE_AT:
             continue
-        table = pa.concat_tables(pq.read_table(chunk.path) for chunk in done)
         last = done[-1]
+        sources = ", ".join(sql_string(str(chunk.path)) for chunk in done)
         merged = _path(last.path.parent, stream, 0, last.end, last.digest)
-        _write_chunk(table, Chunk(merged, stream, 0, last.end, last.digest))
+        _copy_to(con, f"SELECT ts, granted, refused FROM read_parquet([{sources}])", merged)
         for chunk in done:  # only now: until here the chain still ran through them
             chunk.path.unlink(missing_ok=True)
             removed += 1
@@ -268,7 +272,12 @@ def _copy_records(
         "  ignore_errors = true, columns = {ts: 'VARCHAR',"
         "  action: 'VARCHAR', granted: 'VARCHAR[]', refused: 'VARCHAR[]'})"
     )
-    query = ledger_records_sql(scan, actions)
+    _copy_to(con, ledger_records_sql(scan, actions), target)
+
+
+def _copy_to(con: duckdb.DuckDBPyConnection, query: str, target: Path) -> None:
+    """Write the rows of ``query`` to the Parquet file ``target``, atomically (fsynced,
+    then renamed over it)."""
     tmp = target.with_name(target.name + TEMP_SUFFIX)
     try:
         con.execute(f"COPY ({query}) TO {sql_string(str(tmp))} (FORMAT parquet)")
@@ -280,7 +289,3 @@ def _copy_records(
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _write_chunk(table: pa.Table, chunk: Chunk) -> None:
-    replace_atomically(chunk.path, lambda handle: pq.write_table(table, handle))

@@ -393,7 +393,7 @@ def _locked_run(
         fault_point("manifest")
         _save_state(raw, stats, new_state)
         fault_point("state")
-        _tidy_ledger_cache(raw)
+        _tidy_ledger_cache(raw, engine)
     except BaseException:
         journal.close()  # kept: the next run completes this one
         raise
@@ -725,7 +725,7 @@ def _duckdb_connection(engine: Engine) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
-def _tidy_ledger_cache(raw_dir: Path) -> None:
+def _tidy_ledger_cache(raw_dir: Path, engine: Engine) -> None:
     """After a run is saved: merge the chunks every STATS folder's state has counted."""
     folder = RawLayout.at(raw_dir).ledger
     streams = {f.name for f in folder.glob("*.jsonl")} if folder.is_dir() else set()
@@ -741,8 +741,8 @@ def _tidy_ledger_cache(raw_dir: Path) -> None:
             else {name: min(n, offsets.get(name, 0)) for name, n in floors.items()}
         )
     # A cache: what a merge could not tidy is still read correctly, and tidied next time.
-    with suppress(OSError, pa.ArrowException):
-        ledger_cache.merge(raw_dir, streams, floors or {})
+    with suppress(OSError, duckdb.Error), _duckdb_connection(engine) as con:
+        ledger_cache.merge(raw_dir, streams, floors or {}, con)
 
 
 def _retention_step(

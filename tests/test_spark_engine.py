@@ -185,6 +185,11 @@ def cli_run(raw: Path, stats: Path, *extra: str) -> str:
 SPARK = ("--engine", "spark", "--spark-master", "local[2]")
 
 
+def marketing_grants(rows: dict[str, list[tuple[Any, ...]]], day: date) -> int:
+    """``consent_daily``'s marketing grants on ``day`` (0 when no row is published)."""
+    return sum(row[2] for row in rows["consent_daily"] if row[:2] == (day, "marketing"))
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings(PANDAS_3)
 def test_spark_and_duckdb_publish_identical_tables(spark: Any, tmp_path: Path) -> None:
@@ -216,14 +221,23 @@ def test_spark_and_duckdb_publish_identical_tables(spark: Any, tmp_path: Path) -
         date(2026, 3, 6) + timedelta(days=d) for d in range(4)
     }
 
-    # Incremental: a new segment republishes its day only, identically on both engines.
+    # Incremental: a new segment republishes its day only, identically on both engines;
+    # decisions appended to the ledger (parsed once, read by both) count on that day.
     late = datetime(2026, 3, 9, 15, tzinfo=UTC)
     write_segment(raw, crowd(late, 7, "/late", prefix="z"))
+    before = marketing_grants(duck, date(2026, 3, 9))
+    stream = sorted(RawLayout.at(raw).ledger.glob("*.jsonl"))[0]
+    with stream.open("a", encoding="utf-8") as handle:
+        for i in range(12):
+            when = (late + timedelta(minutes=i)).isoformat()
+            handle.write(json.dumps({"ts": when, "action": "grant", "granted": ["marketing"]}))
+            handle.write("\n")
     assert "1 day(s) published (2026-03-09" in cli_run(raw, tmp_path / "duck")
     assert "1 day(s) published (2026-03-09" in cli_run(raw, tmp_path / "spark", *SPARK)
     duck = published_rows(tmp_path / "duck")
     assert duck == published_rows(tmp_path / "spark")
     assert any(row[1] == "/late" for row in duck["pages_daily"])
+    assert marketing_grants(duck, date(2026, 3, 9)) == before + 12
 
     # And the erasure did change the figures.
     (raw / "tombstones").rename(tmp_path / "tombstones-aside")
