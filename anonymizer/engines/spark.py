@@ -190,6 +190,7 @@ class SparkEngine:
         self._cached: dict[str, DataFrame] = {}
         self._has_erased = False
         self._ledger_chunks: list[Path] = []
+        self._every_decision_of: list[Path] = []
 
     def close(self) -> None:
         """Drop this engine's cached tables (the shared session stays up for reuse)."""
@@ -296,6 +297,7 @@ class SparkEngine:
         :mod:`anonymizer.ledger_cache`), read by :meth:`consent_days` and
         :meth:`select_consent`, each for what it needs."""
         self._ledger_chunks = list(chunks)
+        self._every_decision_of = []
 
     def _load_decisions(self, chunks: Sequence[Path], start: datetime, end: datetime) -> None:
         """``ledger_decisions``: one row per purpose named by a decision of ``chunks`` made
@@ -325,16 +327,21 @@ class SparkEngine:
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
         start = epoch + timedelta(microseconds=int(low))
         self._load_decisions(files, start, epoch + timedelta(microseconds=int(high) + 1))
+        # Every decision of these chunks: when they are all the chunks (a first run, say),
+        # select_consent has nothing more to read.
+        self._every_decision_of = list(files)
         return _day_counts(self._rows(views.DECISION_DAYS_SQL))
 
     def select_consent(self, days: Collection[date]) -> dict[date, int]:
         """The ``consent_decisions`` view: every decision of the local ``days`` in the
         chunks given to :meth:`load_ledger`; returns decisions rows per day."""
-        if days:
-            self._load_decisions(self._ledger_chunks, *views.utc_bounds(days, self.timezone))
-        else:
+        if not days:
             now = datetime.now(UTC)
             self._load_decisions([], now, now)
+            self._every_decision_of = []
+        elif self._ledger_chunks != self._every_decision_of:
+            self._load_decisions(self._ledger_chunks, *views.utc_bounds(days, self.timezone))
+            self._every_decision_of = []
         self._view("consent_decisions", self._sql(views.consent_decisions_sql(days)))
         return _day_counts(self._rows(views.ROWS_PER_DAY_SQL))
 
