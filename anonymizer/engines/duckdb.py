@@ -251,12 +251,11 @@ class DuckDBEngine:
     def select_consent(self, days: Collection[date]) -> dict[date, int]:
         """The ``consent_decisions`` view: every decision of the local ``days`` in the
         chunks given to :meth:`load_ledger`; returns decisions rows per day."""
-        if not days:
-            now = datetime.now(UTC)
-            self._load_decisions([], now, now)
-            self._every_decision_of = []
-        elif self._ledger_chunks != self._every_decision_of:
-            self._load_decisions(self._ledger_chunks, *utc_bounds(days, self.timezone))
+        load = views.decisions_to_load(
+            days, self._ledger_chunks, self._every_decision_of, self.timezone
+        )
+        if load is not None:
+            self._load_decisions(*load)
             self._every_decision_of = []
         decisions = views.consent_decisions_sql(days)
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW consent_decisions AS {decisions}")

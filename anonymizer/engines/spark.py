@@ -335,12 +335,11 @@ class SparkEngine:
     def select_consent(self, days: Collection[date]) -> dict[date, int]:
         """The ``consent_decisions`` view: every decision of the local ``days`` in the
         chunks given to :meth:`load_ledger`; returns decisions rows per day."""
-        if not days:
-            now = datetime.now(UTC)
-            self._load_decisions([], now, now)
-            self._every_decision_of = []
-        elif self._ledger_chunks != self._every_decision_of:
-            self._load_decisions(self._ledger_chunks, *views.utc_bounds(days, self.timezone))
+        load = views.decisions_to_load(
+            days, self._ledger_chunks, self._every_decision_of, self.timezone
+        )
+        if load is not None:
+            self._load_decisions(*load)
             self._every_decision_of = []
         self._view("consent_decisions", self._sql(views.consent_decisions_sql(days)))
         return _day_counts(self._rows(views.ROWS_PER_DAY_SQL))

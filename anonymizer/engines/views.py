@@ -13,7 +13,8 @@ The views these queries build are listed in :mod:`anonymizer.tables.base`.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
@@ -326,6 +327,21 @@ def ledger_range_sql(scan: str, start: datetime, end: datetime) -> str:
         f"SELECT ts, granted, refused FROM {scan}"
         f" WHERE ts >= TIMESTAMPTZ '{start.isoformat()}' AND ts < TIMESTAMPTZ '{end.isoformat()}'"
     )
+
+
+def decisions_to_load(
+    days: Collection[date], chunks: Sequence[Path], loaded: Sequence[Path], timezone: str
+) -> tuple[list[Path], datetime, datetime] | None:
+    """What ``ledger_decisions`` must hold for the consent of the local ``days``: the
+    ``chunks``' decisions within the days' UTC bounds (none without days), or None when
+    ``loaded`` (chunks whose every decision is there already) are all of them."""
+    if not days:
+        now = datetime.now(UTC)
+        return [], now, now
+    if list(chunks) == list(loaded):
+        return None
+    start, end = utc_bounds(days, timezone)
+    return list(chunks), start, end
 
 
 DECISION_DAYS_SQL = "SELECT date, COUNT(*) FROM ledger_decisions GROUP BY date"
