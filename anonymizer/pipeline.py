@@ -14,7 +14,10 @@ and which are final) lives in ``RAW/pipeline/state-<key>.json``, one per STATS f
 names RAW files, so it never goes into STATS. A run recomputes every non-final local day
 touched by a new segment from *all* of that day's segments (distinct counts cannot be
 merged). A day becomes final ``final_after_days`` after its end and is never published
-again; late data for it is counted and reported as skipped.
+again; late data for it is counted and reported as skipped. The consent ledger, which only
+grows, is parsed once (:mod:`anonymizer.ledger_cache`): the state keeps how many bytes of
+each stream it has counted, and ``consent_daily`` is recomputed for the days of the decisions
+after them.
 
 Faults: a segment not seen before is checked in full before the engine reads it, and a
 damaged one is moved to ``RAW/quarantine/`` (:mod:`anonymizer.quarantine`). A run killed at
