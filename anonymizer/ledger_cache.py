@@ -46,6 +46,9 @@ decision filter), so that chunks of another version are never read."""
 MERGE_AT: Final = 8
 """Chunks of one stream that every state has counted are merged once there are this many."""
 
+MERGE_ANYWAY_AT: Final = 64
+"""A stream's chunks are all merged once there are this many, counted by every state or not."""
+
 _HASHED_BYTES: Final = 4096
 _READ_BACK: Final = 1 << 16
 _MAX_LAST_LINE: Final = 1 << 20
@@ -121,7 +124,8 @@ def merge(
     """Tidy the cache after a run: remove chunks of streams no longer in ``streams`` and
     chunks a merge superseded, and merge the chunks of a stream that end within
     ``counted`` (the smallest offset any STATS folder's state has for it) once there are
-    :data:`MERGE_AT` of them. Returns the number of chunk files removed."""
+    :data:`MERGE_AT` of them (all of its chunks once there are :data:`MERGE_ANYWAY_AT`).
+    Returns the number of chunk files removed."""
     removed = 0
     for stream, found in _chunks_on_disk(cache_dir(raw_dir)).items():
         chain = _chain(found) if stream in streams else []
@@ -130,6 +134,11 @@ def merge(
                 chunk.path.unlink(missing_ok=True)
                 removed += 1
         done = [chunk for chunk in chain if chunk.end <= counted.get(stream, 0)]
+        if len(done) < MERGE_AT and len(chain) >= MERGE_ANYWAY_AT:
+            # A STATS folder no longer run holds the floor back: merged all the same. Its
+            # next run, if any, takes the merged chunk as new and recomputes every non-final
+            # day it names: more work, the same figures.
+            done = chain
         if len(done) < MERGE_AT:
             continue
         last = done[-1]

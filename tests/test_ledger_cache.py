@@ -15,7 +15,7 @@ from synthetic import crowd
 
 import anonymizer
 from anonymizer import ledger_cache
-from anonymizer.ledger_cache import MERGE_AT, cache_dir
+from anonymizer.ledger_cache import MERGE_ANYWAY_AT, MERGE_AT, cache_dir
 from anonymizer.pipeline import DECISION_ACTIONS, RunOptions
 from consent_middleware.raw.segments import write_segment
 
@@ -168,6 +168,24 @@ def test_a_removed_stream_leaves_no_chunk(tmp_path: Path) -> None:
     ledger.unlink()
     run(raw, stats)
     assert chunks(raw) == []
+
+
+def test_a_stats_folder_no_longer_run_does_not_hold_merges_back(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    ledger = raw / "ledger" / "s.jsonl"
+    ledger.parent.mkdir(parents=True)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    stale = {"s.jsonl": 0}  # the offsets of a STATS folder that ran before any decision
+    counted: dict[str, int] = {}  # those of the folder run after every append
+    for n in range(MERGE_ANYWAY_AT):
+        append(ledger, decisions(DAY1, 1, first=n))
+        counted = ledger_cache.update(raw, [ledger], counted, DECISION_ACTIONS, con).offsets
+        ledger_cache.merge(raw, {"s.jsonl"}, stale, con)
+        assert len(chunks(raw)) == (n + 1 if n + 1 < MERGE_ANYWAY_AT else 1)
+    # The stale folder's next run finds every decision, once, among the new chunks.
+    found = ledger_cache.update(raw, [ledger], stale, DECISION_ACTIONS, con)
+    assert sum(pq.read_metadata(c).num_rows for c in found.new) == MERGE_ANYWAY_AT
 
 
 @settings(
