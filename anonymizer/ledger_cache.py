@@ -286,7 +286,8 @@ def _copy_records(
 
 def _copy_to(con: duckdb.DuckDBPyConnection, query: str, target: Path) -> None:
     """Write the rows of ``query`` to the Parquet file ``target``, atomically (fsynced,
-    then renamed over it)."""
+    then renamed over it). Not :func:`~consent_middleware.raw.segments.replace_atomically`:
+    DuckDB writes the file by its path, not through a handle that function could fsync."""
     tmp = target.with_name(target.name + TEMP_SUFFIX)
     try:
         con.execute(f"COPY ({query}) TO {sql_string(str(tmp))} (FORMAT parquet)")

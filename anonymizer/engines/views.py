@@ -292,18 +292,14 @@ VISITS_SQL = (
 DAILY_VISITORS_SQL = "SELECT date, COUNT(DISTINCT visitor) AS visitors FROM pageviews GROUP BY date"
 
 
-def decision_filter(actions: Collection[str]) -> str:
-    """SQL keeping the ledger lines of the decision ``actions``."""
-    return f"action IN ({', '.join(sql_string(a) for a in sorted(actions))})"
-
-
 def ledger_records_sql(scan: str, actions: Collection[str]) -> str:
     """The decisions among the ledger lines of ``scan`` (columns :data:`LEDGER_COLUMNS`) as
     (ts, granted, refused); unreadable times and other actions skipped."""
+    action_list = ", ".join(sql_string(a) for a in sorted(actions))
     return (
         "SELECT TRY_CAST(ts AS TIMESTAMPTZ) AS ts, granted, refused"
         f" FROM {scan}"
-        f" WHERE {decision_filter(actions)} AND TRY_CAST(ts AS TIMESTAMPTZ) IS NOT NULL"
+        f" WHERE action IN ({action_list}) AND TRY_CAST(ts AS TIMESTAMPTZ) IS NOT NULL"
     )
 
 
