@@ -569,14 +569,19 @@ def _run_steps(
     batches = _batches(
         sorted(todo), by_partition, engine, work.options.batch_events, new_days, set(new), work.zone
     )
-    for index, days in enumerate(batches):
-        if progress:
-            progress(f"days {days[0].isoformat()}..{days[-1].isoformat()}", index, len(batches))
-        _publish_days(work, engine, days, by_partition)
-    if progress and batches:
-        progress("days", len(batches), len(batches))
-
-    ledger_state = _consent_step(work, engine, state, final_days, published)
+    # The ledger's new lines are parsed on a thread of its own while the daily batches run:
+    # it needs nothing they make, and their scans leave a core idle now and then (the
+    # summary, the lookups, publishing). The pool's exit waits for it whatever happens.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="anonymizer-ledger") as pool:
+        ledger = pool.submit(_update_ledger_cache, work.raw_dir, engine, state)
+        for index, days in enumerate(batches):
+            if progress:
+                progress(f"days {days[0].isoformat()}..{days[-1].isoformat()}", index, len(batches))
+            _publish_days(work, engine, days, by_partition)
+        if progress and batches:
+            progress("days", len(batches), len(batches))
+        found = ledger.result()
+    ledger_state = _consent_step(work, engine, found, final_days, published)
     retention_state = _retention_step(
         work, engine, state, segments, bool(new) or erased_digest != state.get("tombstones")
     )
@@ -673,21 +678,27 @@ def _publish_days(
         work.published.add(day)
 
 
+def _update_ledger_cache(
+    raw_dir: Path, engine: Engine, state: Mapping[str, Any]
+) -> ledger_cache.LedgerUpdate:
+    """Parse what the ledger gained since its last chunk (see :mod:`anonymizer.ledger_cache`)
+    and say which chunks hold decisions this STATS folder has not counted."""
+    folder = RawLayout.at(raw_dir).ledger
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    with _duckdb_connection(engine) as con:
+        return ledger_cache.update(raw_dir, files, _ledger_offsets(state), DECISION_ACTIONS, con)
+
+
 def _consent_step(
     work: _Run,
     engine: Engine,
-    state: Mapping[str, Any],
+    found: ledger_cache.LedgerUpdate,
     final_days: set[date],
     published: set[date],
 ) -> dict[str, int]:
-    """consent_daily: recompute the non-final days of the decisions added to the ledger
-    since this STATS folder's last run. Only what the ledger gained is parsed (see
-    :mod:`anonymizer.ledger_cache`); returns the bytes of each stream now counted."""
-    folder = RawLayout.at(work.raw_dir).ledger
-    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    counted = _ledger_offsets(state)
-    with _duckdb_connection(engine) as con:
-        found = ledger_cache.update(work.raw_dir, files, counted, DECISION_ACTIONS, con)
+    """consent_daily: recompute the non-final days of the decisions ``found`` new in the
+    ledger since this STATS folder's last run; returns the bytes of each stream now
+    counted."""
     if not found.new:
         return found.offsets
     engine.load_ledger(found.chunks)
@@ -716,11 +727,10 @@ def _ledger_offsets(state: Mapping[str, Any]) -> dict[str, int]:
 
 @contextmanager
 def _duckdb_connection(engine: Engine) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The DuckDB engine's own connection, or a private one (in UTC) for another engine."""
-    if isinstance(engine, DuckDBEngine):
-        yield engine.con
-        return
-    con = duckdb.connect(":memory:")
+    """A DuckDB connection of its own (in UTC), safe to use beside the engine's queries on
+    another thread: to the DuckDB engine's database (its threads and memory limit), or to a
+    private one for another engine."""
+    con = engine.con.cursor() if isinstance(engine, DuckDBEngine) else duckdb.connect(":memory:")
     try:
         con.execute("SET TimeZone = 'UTC'")
         yield con
