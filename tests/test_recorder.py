@@ -5,17 +5,21 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from recording_support import NEW, decision, state
+from synthetic import crowd
 
 from consent_middleware.ledger import LedgerRecord, LedgerWriter, ledger_files, verify_ledger
 from consent_middleware.raw.layout import RawLayout
 from consent_middleware.raw.salts import SaltStore
+from consent_middleware.raw.segments import list_segments, write_segment
 from consent_middleware.recorder import PathFilter, Recorder, RecordingOptions
 from consent_middleware.sink import FileSink, Sink
 
@@ -141,6 +145,21 @@ def test_failing_sink_is_retried_and_counted() -> None:
     stats = recorder.stats
     assert stats.errors == 2 and stats.last_error == "OSError: disk full"
     assert stats.flushed == 5 and stats.dropped == 0
+
+
+def test_a_table_spanning_days_becomes_one_segment_per_utc_day(tmp_path: Path) -> None:
+    # Written side by side (an import's batch spans many days): each file must still hold
+    # exactly its own day's events, and the paths come back in the order the days first
+    # appear (each visit crosses a UTC midnight).
+    days = [datetime(2026, 3, d, 23, 59, 30, tzinfo=UTC) for d in (4, 1, 3, 2)]
+    events = [e for i, day in enumerate(days) for e in crowd(day, 60, f"/p{i}")]
+    written = write_segment(tmp_path, events, prefix="import-x")
+    assert [p.parent.name for p in written] == [f"date=2026-03-0{d}" for d in (4, 5, 1, 2, 3)]
+    for path in written:
+        rows = pq.read_table(path, columns=["ts"]).column("ts").to_pylist()
+        assert {ts.date().isoformat() for ts in rows} == {path.parent.name[5:]}
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in written) == len(events)
+    assert sorted(list_segments(tmp_path)) == sorted(written)
 
 
 def test_bad_input_never_raises() -> None:

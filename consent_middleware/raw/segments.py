@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -88,13 +89,18 @@ def write_segment(
         return []
     layout = RawLayout.at(raw_dir)
     days = pc.cast(table["ts"], pa.date32())
-    written: list[Path] = []
+    parts: list[tuple[pa.Table, Path]] = []
     for day in pc.unique(days).to_pylist():
         assert isinstance(day, date)
         part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
-        final = layout.events_for(day) / _segment_name(prefix)
-        written.append(write_atomic(part, final, compression=compression))
-    return written
+        parts.append((part, layout.events_for(day) / _segment_name(prefix)))
+    if len(parts) == 1:
+        return [write_atomic(*parts[0], compression=compression)]
+    # Several days (an import's batch): Parquet encoding and fsync release the GIL, so the
+    # files are written side by side, one per core (at most 4: each holds its part's pages).
+    workers = min(len(parts), os.cpu_count() or 1, 4)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda p: write_atomic(*p, compression=compression), parts))
 
 
 def list_segments(raw_dir: str | Path) -> list[Path]:
