@@ -101,8 +101,7 @@ class DuckDBEngine:
         if temp_directory is not None:
             config["temp_directory"] = str(temp_directory)
         self.con = duckdb.connect(":memory:", config=config)
-        self._ledger_chunks: list[Path] = []
-        self._every_decision_of: list[Path] = []
+        self._ledger = views.LedgerSelection()
         self.con.execute(f"SET TimeZone = {_sql_string('UTC')}")
 
     def close(self) -> None:
@@ -213,8 +212,7 @@ class DuckDBEngine:
         """The consent decisions to read: the ledger ``chunks`` (Parquet files of ``ts``,
         ``granted``, ``refused``, see :mod:`anonymizer.ledger_cache`). Read only by
         :meth:`consent_days` and :meth:`select_consent`, each for what it needs."""
-        self._ledger_chunks = list(chunks)
-        self._every_decision_of = []
+        self._ledger.reset(chunks)
 
     def _load_decisions(self, chunks: Sequence[Path], start: datetime, end: datetime) -> None:
         """``ledger_decisions``: one row per purpose named by a decision of ``chunks`` made
@@ -244,19 +242,16 @@ class DuckDBEngine:
         self._load_decisions(files, low, high + timedelta(microseconds=1))
         # Every decision of these chunks: when they are all the chunks (a first run, say),
         # select_consent has nothing more to read.
-        self._every_decision_of = list(files)
+        self._ledger.loaded_whole(files)
         rows = self.con.execute(views.DECISION_DAYS_SQL).fetchall()
         return {d: int(n) for d, n in rows}
 
     def select_consent(self, days: Collection[date]) -> dict[date, int]:
         """The ``consent_decisions`` view: every decision of the local ``days`` in the
         chunks given to :meth:`load_ledger`; returns decisions rows per day."""
-        load = views.decisions_to_load(
-            days, self._ledger_chunks, self._every_decision_of, self.timezone
-        )
+        load = self._ledger.to_load(days, self.timezone)
         if load is not None:
             self._load_decisions(*load)
-            self._every_decision_of = []
         decisions = views.consent_decisions_sql(days)
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW consent_decisions AS {decisions}")
         rows = self.con.execute(views.ROWS_PER_DAY_SQL).fetchall()

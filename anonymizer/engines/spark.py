@@ -189,8 +189,7 @@ class SparkEngine:
             self.spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
         self._cached: dict[str, DataFrame] = {}
         self._has_erased = False
-        self._ledger_chunks: list[Path] = []
-        self._every_decision_of: list[Path] = []
+        self._ledger = views.LedgerSelection()
 
     def close(self) -> None:
         """Drop this engine's cached tables (the shared session stays up for reuse)."""
@@ -296,8 +295,7 @@ class SparkEngine:
         """The consent decisions to read: the ledger ``chunks`` (see
         :mod:`anonymizer.ledger_cache`), read by :meth:`consent_days` and
         :meth:`select_consent`, each for what it needs."""
-        self._ledger_chunks = list(chunks)
-        self._every_decision_of = []
+        self._ledger.reset(chunks)
 
     def _load_decisions(self, chunks: Sequence[Path], start: datetime, end: datetime) -> None:
         """``ledger_decisions``: one row per purpose named by a decision of ``chunks`` made
@@ -329,18 +327,15 @@ class SparkEngine:
         self._load_decisions(files, start, epoch + timedelta(microseconds=int(high) + 1))
         # Every decision of these chunks: when they are all the chunks (a first run, say),
         # select_consent has nothing more to read.
-        self._every_decision_of = list(files)
+        self._ledger.loaded_whole(files)
         return _day_counts(self._rows(views.DECISION_DAYS_SQL))
 
     def select_consent(self, days: Collection[date]) -> dict[date, int]:
         """The ``consent_decisions`` view: every decision of the local ``days`` in the
         chunks given to :meth:`load_ledger`; returns decisions rows per day."""
-        load = views.decisions_to_load(
-            days, self._ledger_chunks, self._every_decision_of, self.timezone
-        )
+        load = self._ledger.to_load(days, self.timezone)
         if load is not None:
             self._load_decisions(*load)
-            self._every_decision_of = []
         self._view("consent_decisions", self._sql(views.consent_decisions_sql(days)))
         return _day_counts(self._rows(views.ROWS_PER_DAY_SQL))
 

@@ -325,19 +325,38 @@ def ledger_range_sql(scan: str, start: datetime, end: datetime) -> str:
     )
 
 
-def decisions_to_load(
-    days: Collection[date], chunks: Sequence[Path], loaded: Sequence[Path], timezone: str
-) -> tuple[list[Path], datetime, datetime] | None:
-    """What ``ledger_decisions`` must hold for the consent of the local ``days``: the
-    ``chunks``' decisions within the days' UTC bounds (none without days), or None when
-    ``loaded`` (chunks whose every decision is there already) are all of them."""
-    if not days:
-        now = datetime.now(UTC)
-        return [], now, now
-    if list(chunks) == list(loaded):
-        return None
-    start, end = utc_bounds(days, timezone)
-    return list(chunks), start, end
+class LedgerSelection:
+    """Which ledger chunks an engine reads, and which of them its ``ledger_decisions``
+    already holds whole (what :meth:`to_load` spares it from reading again)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Path] = []
+        self.whole: list[Path] = []
+
+    def reset(self, chunks: Sequence[Path]) -> None:
+        """The chunks of this run; nothing loaded yet."""
+        self.chunks = list(chunks)
+        self.whole = []
+
+    def loaded_whole(self, chunks: Sequence[Path]) -> None:
+        """``ledger_decisions`` now holds every decision of ``chunks``."""
+        self.whole = list(chunks)
+
+    def to_load(
+        self, days: Collection[date], timezone: str
+    ) -> tuple[list[Path], datetime, datetime] | None:
+        """What ``ledger_decisions`` must hold for the consent of the local ``days``: the
+        chunks' decisions within the days' UTC bounds (none without days), or None when
+        the chunks loaded whole are all of them."""
+        if not days:
+            self.whole = []
+            now = datetime.now(UTC)
+            return [], now, now
+        if self.chunks == self.whole:
+            return None
+        self.whole = []
+        start, end = utc_bounds(days, timezone)
+        return list(self.chunks), start, end
 
 
 DECISION_DAYS_SQL = "SELECT date, COUNT(*) FROM ledger_decisions GROUP BY date"
